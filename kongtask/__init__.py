@@ -1,0 +1,56 @@
+"""kongtask: a fast PostgreSQL job queue for Python, schema-compatible with graphile-worker."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
+
+from ._core import IMPLEMENTATION
+from .client import CLEANUP_TASKS, Job, JobSpec, WorkerUtils, quick_add_job
+from .errors import (
+    ConfigError,
+    CronSyntaxError,
+    InvalidJobSpec,
+    KongtaskError,
+    SchemaError,
+    SchemaTooNew,
+    SchemaTooOld,
+    TaskLoadError,
+)
+from .events import EventEmitter
+from .helpers import Helpers
+from .migrate import MigrationResult
+from .tasks import TaskList, load_tasks
+from .worker import Runner, WorkerOptions, run, run_once
+
+try:
+    __version__ = _version("kongtask")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "CLEANUP_TASKS",
+    "IMPLEMENTATION",
+    "ConfigError",
+    "CronSyntaxError",
+    "EventEmitter",
+    "Helpers",
+    "InvalidJobSpec",
+    "Job",
+    "JobSpec",
+    "KongtaskError",
+    "MigrationResult",
+    "Runner",
+    "SchemaError",
+    "SchemaTooNew",
+    "SchemaTooOld",
+    "TaskList",
+    "TaskLoadError",
+    "WorkerOptions",
+    "WorkerUtils",
+    "__version__",
+    "load_tasks",
+    "quick_add_job",
+    "run",
+    "run_once",
+]

@@ -1,0 +1,142 @@
+"""Connections: where the DSN comes from, how it is shown, and the embedded server.
+
+A DSN is resolved in this order: the explicit argument, ``DATABASE_URL``, the
+libpq ``PG*`` variables (asyncpg reads them itself when given no DSN), and at
+last, for the CLI and the tests only, an embedded PostgreSQL from the
+``pgserver`` wheel kept in a per-user data folder and reused across runs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from .errors import ConfigError
+
+# libpq variables that, when set, mean "the environment describes a server".
+_LIBPQ_VARS = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE")
+
+_URL_PASSWORD = re.compile(r"(?P<head>://[^:/?#@]*:)(?P<password>[^@/?#]*)(?P<tail>@)")
+_KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<password>'(?:[^'\\]|\\.)*'|\S+)", re.I)
+_QUERY_PASSWORD = re.compile(r"(?P<head>[?&]password=)(?P<password>[^&#]*)", re.I)
+
+
+def mask_dsn(dsn: str | None) -> str:
+    """The DSN with any password replaced by ``***``, safe for logs and errors."""
+    if not dsn:
+        return "<libpq environment>" if dsn == "" else "<none>"
+    masked = _URL_PASSWORD.sub(r"\g<head>***\g<tail>", dsn)
+    masked = _QUERY_PASSWORD.sub(r"\g<head>***", masked)
+    return _KV_PASSWORD.sub(r"\g<head>***", masked)
+
+
+def scrub(text: str, dsn: str | None) -> str:
+    """``text`` with the DSN's password removed wherever it appears."""
+    if not dsn:
+        return text
+    for pattern in (_URL_PASSWORD, _QUERY_PASSWORD, _KV_PASSWORD):
+        for match in pattern.finditer(dsn):
+            secret = match.group("password").strip("'")
+            if secret:
+                text = text.replace(secret, "***")
+    password = os.environ.get("PGPASSWORD")
+    if password:
+        text = text.replace(password, "***")
+    return text
+
+
+def resolve_dsn(dsn: str | None = None) -> str | None:
+    """The DSN to use: argument, ``DATABASE_URL``, ``""`` for libpq variables, else None.
+
+    None means nothing was configured; callers that may (the CLI, the tests)
+    then fall back to :func:`embedded_dsn`.
+    """
+    if dsn:
+        return dsn
+    env = os.environ.get("DATABASE_URL")
+    if env:
+        return env
+    if any(os.environ.get(name) for name in _LIBPQ_VARS):
+        return ""
+    return None
+
+
+def embedded_data_dir() -> Path:
+    """Per-user folder of the embedded server's data, overridable for tests."""
+    override = os.environ.get("KONGTASK_EMBEDDED_DIR")
+    if override:
+        return Path(override)
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
+    return Path(base) / "kongtask" / "pgdata"
+
+
+def embedded_dsn() -> str:
+    """Start (or reuse) the embedded PostgreSQL and return its DSN.
+
+    The server is left running when this process exits, so the next command
+    reuses it instantly; ``pgserver`` keeps one server per data folder.
+    """
+    try:
+        import pgserver
+    except ImportError as exc:
+        raise ConfigError(
+            "no database configured (pass a DSN, set DATABASE_URL or PG* variables) "
+            "and the embedded server is not installed: pip install 'kongtask[embedded]'"
+        ) from exc
+    folder = embedded_data_dir()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(folder, cleanup_mode=None)
+    return str(server.get_uri())
+
+
+def quote_ident(name: str) -> str:
+    """``name`` as a PostgreSQL quoted identifier.
+
+    Identifiers cannot be bound as parameters, so this is the one place a
+    user-given name becomes SQL text: always double-quoted, inner quotes
+    doubled, and names PostgreSQL would silently truncate or reject refused.
+    """
+    if not isinstance(name, str) or not name:
+        raise ConfigError("schema: must be a non-empty string")
+    if "\x00" in name:
+        raise ConfigError("schema: must not contain NUL characters")
+    if len(name.encode()) > 63:
+        raise ConfigError(f"schema: {name[:20]!r}... is longer than PostgreSQL's 63-byte limit")
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def connect(dsn: str | None, **kwargs: Any) -> asyncpg.Connection:
+    """One connection, with errors that never show the password."""
+    try:
+        return await asyncpg.connect(dsn or None, **kwargs)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise ConnectionError(
+            f"cannot connect to {mask_dsn(dsn)}: {scrub(str(exc), dsn)}"
+        ) from None
+
+
+async def create_pool(
+    dsn: str | None,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    prepared_statements: bool = True,
+    **kwargs: Any,
+) -> asyncpg.Pool:
+    """A pool; ``prepared_statements=False`` is for PgBouncer in transaction mode."""
+    if not prepared_statements:
+        kwargs.setdefault("statement_cache_size", 0)
+    try:
+        pool = await asyncpg.create_pool(
+            dsn or None, min_size=min_size, max_size=max_size, **kwargs
+        )
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise ConnectionError(
+            f"cannot connect to {mask_dsn(dsn)}: {scrub(str(exc), dsn)}"
+        ) from None
+    assert pool is not None
+    return pool

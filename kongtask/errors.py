@@ -1,0 +1,58 @@
+"""Exceptions raised by kongtask.
+
+A leaf module (it imports nothing from kongtask) so that ``_core`` can raise
+the same exception types as the rest of the package.
+"""
+
+from __future__ import annotations
+
+
+class KongtaskError(Exception):
+    """Base class of every error kongtask raises on purpose."""
+
+
+class InvalidJobSpec(KongtaskError, ValueError):
+    """A job argument is wrong; ``field`` names which one."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class CronSyntaxError(KongtaskError, ValueError):
+    """A crontab line or field cannot be parsed; says where and what was expected."""
+
+    def __init__(self, message: str, *, line: int | None = None, column: int | None = None) -> None:
+        where = ""
+        if line is not None:
+            where = f"line {line}"
+            if column is not None:
+                where += f", column {column}"
+            where += ": "
+        super().__init__(f"{where}{message}")
+        self.line = line
+        self.column = column
+        self.message = message
+
+
+class SchemaError(KongtaskError):
+    """The database schema is not one this kongtask can use."""
+
+
+class SchemaTooNew(SchemaError):
+    """The database holds a breaking migration newer than this kongtask knows."""
+
+    exit_code = 57
+
+
+class SchemaTooOld(SchemaError):
+    """A graphile-worker schema older than the one kongtask needs."""
+
+
+class ConfigError(KongtaskError):
+    """Configuration is missing or contradictory."""
+
+
+class TaskLoadError(KongtaskError):
+    """A task module or directory could not be loaded."""

@@ -1,0 +1,118 @@
+"""Brings a schema to graphile-worker 0.17's layout, or says why it cannot.
+
+kongtask knows the schema as it stands after graphile-worker's migration 19
+and installs it in one transaction, recording migrations 1-19 with
+graphile-worker's ``breaking`` flags so a graphile-worker 0.17 pool sees a
+database it migrated itself.
+
+Decision on older graphile-worker schemas (migration < 19): refuse, naming
+the version found. Upgrading them step by step would mean re-implementing
+every historical data migration of graphile-worker; its own
+``graphile-worker --schema-only`` (0.17) does that correctly, after which
+kongtask accepts the database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+
+import asyncpg
+
+from .db import quote_ident
+from .errors import SchemaTooNew, SchemaTooOld
+
+#: The newest graphile-worker migration whose schema kongtask reproduces.
+LATEST_MIGRATION = 19
+#: Migrations graphile-worker marks as breaking: older workers must stop.
+BREAKING_MIGRATIONS = (1, 3, 11, 13, 14, 16, 19)
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationResult:
+    """What :func:`migrate` found and did."""
+
+    schema: str
+    installed: bool
+    version: int
+
+
+def schema_sql(schema: str) -> str:
+    """The baseline DDL with the schema name substituted as a quoted identifier."""
+    template = resources.files("kongtask.sql").joinpath("schema_0_17.sql").read_text("utf-8")
+    quoted = quote_ident(schema)
+    tag = "$kongtask$"
+    counter = 0
+    while tag in quoted:  # a dollar-quote tag must not occur inside the body
+        counter += 1
+        tag = f"$kongtask{counter}$"
+    return template.replace("$__BODY__$", tag).replace("__SCHEMA__", quoted)
+
+
+async def read_version(conn: asyncpg.Connection, schema: str) -> tuple[int, int] | None:
+    """``(latest, latest_breaking)`` migration ids, or None if never migrated."""
+    table = f"{quote_ident(schema)}.migrations"
+    exists = await conn.fetchval("select to_regclass($1) is not null", table)
+    if not exists:
+        return None
+    row = await conn.fetchrow(
+        f"select coalesce(max(id), 0) as latest, "
+        f"coalesce(max(id) filter (where breaking), 0) as breaking from {table}"
+    )
+    assert row is not None
+    return int(row["latest"]), int(row["breaking"])
+
+
+def check_version(schema: str, version: tuple[int, int]) -> None:
+    """Raise if kongtask cannot work on a schema at ``version``."""
+    latest, latest_breaking = version
+    if latest_breaking > LATEST_MIGRATION:
+        raise SchemaTooNew(
+            f"schema {schema!r} has breaking migration {latest_breaking}, newer than "
+            f"migration {LATEST_MIGRATION} that this kongtask understands; upgrade kongtask"
+        )
+    if latest < LATEST_MIGRATION:
+        raise SchemaTooOld(
+            f"schema {schema!r} is at graphile-worker migration {latest}; kongtask needs "
+            f"{LATEST_MIGRATION}. Run graphile-worker 0.17's migration once "
+            f"(npx graphile-worker@0.17 --schema-only) to upgrade it"
+        )
+
+
+async def ensure_compatible(conn: asyncpg.Connection, schema: str) -> int:
+    """Check a schema without changing it; returns its latest migration id."""
+    version = await read_version(conn, schema)
+    if version is None:
+        raise SchemaTooOld(f"schema {schema!r} is not installed; run `kongtask migrate` first")
+    check_version(schema, version)
+    return version[0]
+
+
+async def migrate(conn: asyncpg.Connection, schema: str = "graphile_worker") -> MigrationResult:
+    """Install the schema if missing; refuse unknown breaking or too-old versions.
+
+    Safe to run from many processes at once: a transaction-scoped advisory
+    lock on the schema name serialises them, and the loser finds the schema
+    installed.
+
+    Unlike graphile-worker, a fresh install sends no ``worker:migrate``
+    notification: no pool can be working on a schema that did not exist, and
+    the channel is not schema-scoped, so the message would only stop pools
+    on *other* schemas of the same database.
+    """
+    quoted = quote_ident(schema)
+    async with conn.transaction():
+        await conn.execute("select pg_advisory_xact_lock(hashtext($1))", "kongtask:migrate:" + schema)
+        version = await read_version(conn, schema)
+        if version is not None:
+            check_version(schema, version)
+            return MigrationResult(schema=schema, installed=False, version=version[0])
+        await conn.execute(f"create schema if not exists {quoted}")
+        await conn.execute(schema_sql(schema))
+        await conn.execute(
+            f"insert into {quoted}.migrations (id, breaking) "
+            "select n, n = any($1::int[]) from generate_series(1, $2::int) as n",
+            list(BREAKING_MIGRATIONS),
+            LATEST_MIGRATION,
+        )
+    return MigrationResult(schema=schema, installed=True, version=LATEST_MIGRATION)

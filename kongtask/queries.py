@@ -1,0 +1,334 @@
+"""Every SQL statement kongtask runs against the queue, in one place.
+
+Values are always bind parameters; the only text substituted is the schema
+name, quoted by :func:`kongtask.db.quote_ident`. Statements are built once per
+schema, so asyncpg's statement cache prepares each of them once per
+connection.
+
+Rows describing jobs are always selected in ``decode.JOB_COLUMNS`` order so
+``_core.decode.decode_jobs`` can turn a whole batch into objects in one call.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from .db import quote_ident
+
+# The select list of a job in JOB_COLUMNS order, given the alias `j` for the
+# job row; queue name and task identifier come from scalar lookups so that
+# the same list works after INSERT/UPDATE/DELETE ... RETURNING in a CTE.
+_JOB_FIELDS = """
+  j.id,
+  (select q.queue_name from {s}._private_job_queues as q where q.id = j.job_queue_id),
+  (select t.identifier from {s}._private_tasks as t where t.id = j.task_id),
+  j.payload, j.priority, j.run_at, j.attempts, j.max_attempts, j.last_error,
+  j.created_at, j.updated_at, j.key, j.locked_at, j.locked_by, j.revision, j.flags"""
+
+
+class Queries:
+    """The statements for one schema."""
+
+    def __init__(self, schema: str) -> None:
+        self.schema = schema
+        self.s = quote_ident(schema)
+
+    def _fields(self) -> str:
+        return _JOB_FIELDS.format(s=self.s)
+
+    def _from_function(self, call: str) -> str:
+        """Select jobs returned by a queue function, in JOB_COLUMNS order."""
+        return f"with j as ({call}) select {self._fields()} from j where j.id is not null order by j.id"
+
+    # ----------------------------------------------------------------- client
+    @cached_property
+    def add_job(self) -> str:
+        # Rows the function inserts into _private_tasks/_private_job_queues are
+        # not visible to this statement's own snapshot, so a lookup can miss a
+        # task or queue created by this very call; those names are the ones we
+        # passed in ($1, $3).
+        s = self.s
+        return f"""
+with j as (
+  select * from {s}.add_job(identifier => $1::text, payload => $2::json,
+    queue_name => $3::text, run_at => $4::timestamptz, max_attempts => $5::int,
+    job_key => $6::text, priority => $7::int, flags => $8::text[], job_key_mode => $9::text)
+)
+select
+  j.id,
+  case when j.job_queue_id is not null then coalesce(
+    (select q.queue_name from {s}._private_job_queues as q where q.id = j.job_queue_id), $3)
+  end,
+  coalesce((select t.identifier from {s}._private_tasks as t where t.id = j.task_id), $1),
+  j.payload, j.priority, j.run_at, j.attempts, j.max_attempts, j.last_error,
+  j.created_at, j.updated_at, j.key, j.locked_at, j.locked_by, j.revision, j.flags
+from j where j.id is not null"""
+
+    def _specs_from_json(self) -> str:
+        # One JSON text carries every spec: one parameter, parsed by PostgreSQL
+        # in C, instead of eight parallel arrays or a composite-array codec.
+        return (
+            f"array(select s from json_populate_recordset(null::{self.s}.job_spec, $1::json) as s)"
+        )
+
+    @cached_property
+    def ensure_tasks_and_queues(self) -> str:
+        """Create the specs' tasks and queues first, so that the following
+        ``add_jobs`` statement's snapshot sees them and can name them."""
+        s = self.s
+        return f"""
+with specs as (
+  select * from json_populate_recordset(null::{s}.job_spec, $1::json)
+), t as (
+  insert into {s}._private_tasks (identifier)
+  select distinct identifier from specs
+  on conflict do nothing
+)
+insert into {s}._private_job_queues (queue_name)
+select distinct queue_name from specs where queue_name is not null
+on conflict do nothing"""
+
+    @cached_property
+    def add_jobs(self) -> str:
+        return self._from_function(
+            f"select * from {self.s}.add_jobs({self._specs_from_json()}, $2::boolean)"
+        )
+
+    @cached_property
+    def add_jobs_count(self) -> str:
+        return f"select count(*) from {self.s}.add_jobs({self._specs_from_json()}, $2::boolean)"
+
+    @cached_property
+    def complete_jobs(self) -> str:
+        return self._from_function(f"select * from {self.s}.complete_jobs($1::bigint[])")
+
+    @cached_property
+    def permanently_fail_jobs(self) -> str:
+        return self._from_function(
+            f"select * from {self.s}.permanently_fail_jobs($1::bigint[], $2::text)"
+        )
+
+    @cached_property
+    def reschedule_jobs(self) -> str:
+        return self._from_function(
+            f"select * from {self.s}.reschedule_jobs($1::bigint[], run_at => $2::timestamptz, "
+            "priority => $3::int, attempts => $4::int, max_attempts => $5::int)"
+        )
+
+    @cached_property
+    def remove_job(self) -> str:
+        return self._from_function(f"select * from {self.s}.remove_job($1::text)")
+
+    @cached_property
+    def force_unlock_workers(self) -> str:
+        return f"select {self.s}.force_unlock_workers($1::text[])"
+
+    @cached_property
+    def get_jobs(self) -> str:
+        """Jobs by id (admin and tests); the view has no payload, so read the table."""
+        return (
+            f"select {self._fields()} from {self.s}._private_jobs as j "
+            "where j.id = any($1::bigint[]) order by j.id"
+        )
+
+    @cached_property
+    def gc_task_identifiers(self) -> str:
+        return (
+            f"delete from {self.s}._private_tasks as tasks "
+            f"where not exists (select 1 from {self.s}._private_jobs as jobs "
+            "where jobs.task_id = tasks.id) "
+            "and tasks.identifier <> all($1::text[])"
+        )
+
+    @cached_property
+    def gc_job_queues(self) -> str:
+        return (
+            f"delete from {self.s}._private_job_queues as job_queues "
+            "where job_queues.locked_at is null "
+            f"and not exists (select 1 from {self.s}._private_jobs as jobs "
+            "where jobs.job_queue_id = job_queues.id)"
+        )
+
+    @cached_property
+    def delete_permafailed_jobs(self) -> str:
+        return (
+            f"delete from {self.s}._private_jobs as jobs "
+            "where jobs.attempts >= jobs.max_attempts and jobs.locked_at is null"
+        )
+
+    # ----------------------------------------------------------------- worker
+    @cached_property
+    def register_tasks(self) -> str:
+        """Make sure every task identifier has a row; return all their ids."""
+        return (
+            f"with ins as (insert into {self.s}._private_tasks (identifier) "
+            "select unnest($1::text[]) on conflict do nothing returning id, identifier) "
+            "select id, identifier from ins union all "
+            f"select id, identifier from {self.s}._private_tasks where identifier = any($1::text[])"
+        )
+
+    def fetch_jobs(self, *, with_flags: bool) -> str:
+        """Lock up to $3 due jobs, at most one per named queue, and their queues.
+
+        $1 worker id, $2 task ids, $3 batch size, $4 task identifiers (parallel
+        to $2, so identifiers come back without a join), $5 forbidden flags.
+
+        Candidates are taken in (priority, run_at, id) order with SKIP LOCKED;
+        named queues must be free and are row-locked in the same statement.
+        Only the first candidate of each named queue is kept, so a batch never
+        holds two jobs of one queue (graphile-worker's batch fetch can); the
+        other candidates were only row-locked for this transaction and stay
+        untouched.
+        """
+        flags = "and (jobs.flags ?| $5::text[]) is not true" if with_flags else ""
+        s = self.s
+        return f"""
+with candidates as (
+  select jobs.id, jobs.job_queue_id, jobs.priority, jobs.run_at
+  from {s}._private_jobs as jobs
+  where jobs.is_available = true
+    and jobs.run_at <= now()
+    and jobs.task_id = any($2::int[])
+    and (
+      jobs.job_queue_id is null
+      or jobs.job_queue_id in (
+        select job_queues.id from {s}._private_job_queues as job_queues
+        where job_queues.is_available = true
+        for update skip locked
+      )
+    )
+    {flags}
+  order by jobs.priority, jobs.run_at, jobs.id
+  limit $3::int
+  for update skip locked
+),
+picked as (
+  select id, job_queue_id from (
+    select c.id, c.job_queue_id,
+      row_number() over (partition by c.job_queue_id
+                         order by c.priority, c.run_at, c.id) as nth
+    from candidates as c
+  ) as ranked
+  where job_queue_id is null or nth = 1
+),
+locked_queues as (
+  update {s}._private_job_queues as job_queues
+  set locked_by = $1::text, locked_at = now()
+  from picked
+  where job_queues.id = picked.job_queue_id
+),
+j as (
+  update {s}._private_jobs as jobs
+  set attempts = jobs.attempts + 1, locked_by = $1::text, locked_at = now()
+  from picked
+  where jobs.id = picked.id
+  returning jobs.*
+)
+select
+  j.id,
+  (select q.queue_name from {s}._private_job_queues as q where q.id = j.job_queue_id),
+  ($4::text[])[array_position($2::int[], j.task_id)],
+  j.payload, j.priority, j.run_at, j.attempts, j.max_attempts, j.last_error,
+  j.created_at, j.updated_at, j.key, j.locked_at, j.locked_by, j.revision, j.flags
+from j
+order by j.priority, j.run_at, j.id"""
+
+    @cached_property
+    def complete_batch(self) -> str:
+        """Delete finished jobs and free their queues, in one statement."""
+        return f"""
+with j as (
+  delete from {self.s}._private_jobs as jobs
+  where jobs.id = any($1::bigint[])
+  returning jobs.job_queue_id
+)
+update {self.s}._private_job_queues as job_queues
+set locked_by = null, locked_at = null
+from j
+where job_queues.id = j.job_queue_id and job_queues.locked_by = $2::text"""
+
+    @cached_property
+    def fail_batch(self) -> str:
+        """Record failures with per-job messages and the contract's backoff.
+
+        $1 ids, $2 messages, $3 replacement payloads (JSON text or null, for
+        batch jobs that keep only their failed entries), $4 worker id. Only
+        jobs this worker still holds are touched; returns id, attempts and
+        max_attempts so the caller knows which failures were final.
+        """
+        s = self.s
+        return f"""
+with f as (
+  select * from unnest($1::bigint[], $2::text[], $3::text[]) as f(id, message, payload)
+),
+j as (
+  update {s}._private_jobs as jobs
+  set
+    last_error = f.message,
+    run_at = greatest(now(), jobs.run_at) + exp(least(jobs.attempts, 10)) * interval '1 second',
+    locked_by = null,
+    locked_at = null,
+    updated_at = now(),
+    payload = coalesce(f.payload::json, jobs.payload)
+  from f
+  where jobs.id = f.id and jobs.locked_by = $4::text
+  returning jobs.id, jobs.job_queue_id, jobs.attempts, jobs.max_attempts
+),
+q as (
+  update {s}._private_job_queues as job_queues
+  set locked_by = null, locked_at = null
+  from j
+  where job_queues.id = j.job_queue_id and job_queues.locked_by = $4::text
+)
+select id, attempts, max_attempts from j"""
+
+    @cached_property
+    def return_jobs(self) -> str:
+        """Give back jobs fetched but never started, undoing their attempt."""
+        s = self.s
+        return f"""
+with j as (
+  update {s}._private_jobs as jobs
+  set attempts = greatest(jobs.attempts - 1, 0), locked_by = null, locked_at = null
+  where jobs.id = any($1::bigint[]) and jobs.locked_by = $2::text
+  returning jobs.job_queue_id
+)
+update {s}._private_job_queues as job_queues
+set locked_by = null, locked_at = null
+from j
+where job_queues.id = j.job_queue_id and job_queues.locked_by = $2::text"""
+
+    @cached_property
+    def release_worker(self) -> str:
+        """Free anything still locked by this worker id (last step of shutdown)."""
+        return self.force_unlock_workers
+
+    @cached_property
+    def sweep_stale_locks(self) -> str:
+        """Free locks older than 4 hours: their holders are presumed dead."""
+        s = self.s
+        return f"""
+with j as (
+  update {s}._private_jobs as jobs set locked_at = null, locked_by = null
+  where jobs.locked_at < now() - interval '4 hours'
+  returning 1
+), q as (
+  update {s}._private_job_queues as job_queues set locked_at = null, locked_by = null
+  where job_queues.locked_at < now() - interval '4 hours'
+  returning 1
+)
+select (select count(*) from j) + (select count(*) from q)"""
+
+    @cached_property
+    def next_run_at(self) -> str:
+        """Seconds until the earliest future job of these tasks is due (for the timer).
+
+        Measured against the database clock, so a skewed local clock does not
+        make scheduled jobs early or late.
+        """
+        return (
+            "select extract(epoch from min(jobs.run_at) - now())::float8 "
+            f"from {self.s}._private_jobs as jobs "
+            "where jobs.is_available = true and jobs.task_id = any($1::int[]) "
+            "and jobs.run_at > now()"
+        )

@@ -1,0 +1,74 @@
+"""Build script: cythonizes kongtask/_core/*.pyx unless told or forced not to.
+
+The pure-Python twins always ship, so a failed or skipped compile still gives a
+working package; ``kongtask._core.IMPLEMENTATION`` tells which one loaded.
+Set ``KONGTASK_NO_EXTENSIONS=1`` to skip compiling, ``KONGTASK_CYTHON_ANNOTATE=1``
+to write the annotated HTML next to each .pyx.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+HERE = Path(__file__).parent
+CORE = HERE / "kongtask" / "_core"
+
+
+def _want_extensions() -> bool:
+    return os.environ.get("KONGTASK_NO_EXTENSIONS", "") in ("", "0")
+
+
+class _OptionalBuildExt(build_ext):
+    """Falls back to the pure twins when there is no working compiler."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:  # noqa: BLE001 - any compiler failure means "pure build"
+            if os.environ.get("KONGTASK_REQUIRE_EXTENSIONS"):
+                raise
+            print(f"kongtask: building extensions failed ({exc}); using pure Python", file=sys.stderr)
+
+    def build_extension(self, ext) -> None:  # type: ignore[no-untyped-def]
+        try:
+            super().build_extension(ext)
+        except Exception as exc:  # noqa: BLE001
+            if os.environ.get("KONGTASK_REQUIRE_EXTENSIONS"):
+                raise
+            print(f"kongtask: could not compile {ext.name} ({exc})", file=sys.stderr)
+
+
+def _extensions() -> list:
+    if not _want_extensions():
+        return []
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        if os.environ.get("KONGTASK_REQUIRE_EXTENSIONS"):
+            raise
+        print("kongtask: Cython not installed; using pure Python", file=sys.stderr)
+        return []
+    sources = sorted(str(p.relative_to(HERE)) for p in CORE.glob("*.pyx"))
+    return cythonize(
+        sources,
+        language_level=3,
+        annotate=bool(os.environ.get("KONGTASK_CYTHON_ANNOTATE")),
+        compiler_directives={
+            # Every directive is chosen on purpose: the hot loops index lists and
+            # tuples we built ourselves, so bounds checks and negative-index
+            # wrapping buy nothing; cdivision matches C on the integer math.
+            "boundscheck": False,
+            "wraparound": False,
+            "cdivision": True,
+            "initializedcheck": False,
+            "embedsignature": True,
+        },
+    )
+
+
+setup(ext_modules=_extensions(), cmdclass={"build_ext": _OptionalBuildExt})

@@ -1,0 +1,91 @@
+"""Migration: idempotence, concurrency, quoting, and refusing unknown versions."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from kongtask import SchemaTooNew, SchemaTooOld, WorkerUtils
+from kongtask.db import quote_ident
+from kongtask.errors import ConfigError
+from kongtask.migrate import LATEST_MIGRATION, ensure_compatible, migrate
+
+
+async def test_migrate_is_idempotent(database_url: str, schema: str) -> None:
+    async with WorkerUtils(database_url, schema=schema) as utils:
+        first = await utils.migrate()
+        job = await utils.add_job("kept", {"a": 1})
+        second = await utils.migrate()
+        assert first.installed is True
+        assert second.installed is False and second.version == LATEST_MIGRATION
+        assert [j.id for j in await utils.get_jobs([job.id])] == [job.id]
+
+
+async def test_concurrent_migrations_install_once(database_url: str, schema: str) -> None:
+    conns = [await asyncpg.connect(database_url) for _ in range(4)]
+    try:
+        results = await asyncio.gather(*(migrate(c, schema) for c in conns))
+    finally:
+        for c in conns:
+            await c.close()
+    assert sum(r.installed for r in results) == 1
+    async with WorkerUtils(database_url, schema=schema) as utils:
+        job = await utils.add_job("after_race")
+        assert job.task_identifier == "after_race"
+
+
+async def test_newer_breaking_migration_is_refused(
+    database_url: str, schema: str, conn: asyncpg.Connection
+) -> None:
+    async with WorkerUtils(database_url, schema=schema) as utils:
+        await utils.migrate()
+        await conn.execute(
+            f"insert into {quote_ident(schema)}.migrations (id, breaking) values (20, false), (21, true)"
+        )
+        with pytest.raises(SchemaTooNew, match="breaking migration 21") as info:
+            await utils.migrate()
+        assert info.value.exit_code == 57
+        with pytest.raises(SchemaTooNew):
+            await ensure_compatible(conn, schema)
+
+
+async def test_newer_non_breaking_migration_is_accepted(
+    database_url: str, schema: str, conn: asyncpg.Connection
+) -> None:
+    async with WorkerUtils(database_url, schema=schema) as utils:
+        await utils.migrate()
+        await conn.execute(f"insert into {quote_ident(schema)}.migrations (id) values (20)")
+        result = await utils.migrate()
+        assert result.installed is False and result.version == 20
+
+
+async def test_older_graphile_worker_schema_is_refused_naming_its_version(
+    database_url: str, schema: str, conn: asyncpg.Connection
+) -> None:
+    quoted = quote_ident(schema)
+    await conn.execute(f"create schema {quoted}")
+    await conn.execute(
+        f"create table {quoted}.migrations (id int primary key, ts timestamptz not null "
+        "default now(), breaking boolean not null default false)"
+    )
+    await conn.execute(f"insert into {quoted}.migrations (id) select generate_series(1, 15)")
+    async with WorkerUtils(database_url, schema=schema) as utils:
+        with pytest.raises(SchemaTooOld, match="migration 15"):
+            await utils.migrate()
+    # Refusal changed nothing.
+    assert await conn.fetchval(f"select max(id) from {quoted}.migrations") == 15
+
+
+async def test_missing_schema_is_reported_without_migrating(
+    conn: asyncpg.Connection, schema: str
+) -> None:
+    with pytest.raises(SchemaTooOld, match="not installed"):
+        await ensure_compatible(conn, schema)
+
+
+@pytest.mark.parametrize("bad", ["", "x" * 64, "nul\x00byte"])
+def test_unusable_schema_names_are_rejected(bad: str) -> None:
+    with pytest.raises(ConfigError, match="schema"):
+        quote_ident(bad)
