@@ -46,6 +46,9 @@ def twins() -> dict[str, dict[str, ModuleType]]:
         result["cython"] = {name: import_module(f"{__name__}.{name}") for name in _MODULES}
     except ImportError:
         pass
+    # Importing a submodule rebinds the package attribute of the same name;
+    # put the chosen twins back so this call never mixes implementations.
+    globals().update(_loaded)
     return result
 
 

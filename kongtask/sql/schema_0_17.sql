@@ -163,9 +163,12 @@ begin
       s.job_key,
       coalesce(s.priority, 0),
       (select jsonb_object_agg(f, true) from unnest(s.flags) as f)
-    from unnest(specs) as s
+    from unnest(specs) with ordinality as s
     inner join __SCHEMA__._private_tasks as tasks on tasks.identifier = s.identifier
     left join __SCHEMA__._private_job_queues as job_queues on job_queues.queue_name = s.queue_name
+    -- Ids follow the order of the specs (the joins alone may reorder rows), so
+    -- jobs added together with equal priority and run_at run in that order.
+    order by s.ordinality
     on conflict (key) do update set
       job_queue_id = excluded.job_queue_id,
       task_id = excluded.task_id,

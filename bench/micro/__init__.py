@@ -1,0 +1,1 @@
+"""pytest-benchmark micro benches of ``kongtask._core``, compiled vs pure; see summary.py."""

@@ -1,0 +1,359 @@
+"""Pure-Python twin of ``kongtask._core.decode``: fetched rows -> :class:`Job` objects.
+
+The worker fetches jobs in batches and hands the whole batch to
+:func:`decode_jobs` in one call (DESIGN.md section 4), so this module is on the
+per-job path. asyncpg returns ``json``/``jsonb`` columns as text; parsing it
+here, in one loop, is cheaper than a per-row codec callback.
+
+Payload parsing rules, shared with the compiled twin:
+
+* ``orjson.loads`` first: it is several times faster than the stdlib.
+* Text holding a run of 19 or more ASCII digits goes straight to ``json.loads``:
+  orjson silently turns integers outside ``[-2**63, 2**64)`` into floats, which
+  would corrupt ids written by SQL or other producers. 19 digits is the shortest
+  run that can hold such an integer (``-9223372036854775809``); a run inside a
+  string or a float only costs the slower parser, never a wrong value.
+* Text orjson rejects (NaN, ``1e400``, nesting deeper than 1024, lone
+  surrogates) gets a second chance with ``json.loads``, unless it nests deeper
+  than 512 (``MAX_FALLBACK_DEPTH``): the stdlib recurses per level, and its
+  limit would otherwise depend on the caller's stack depth.
+* Text both reject gives ``payload=None`` and a ``payload_error`` message; one
+  bad row never fails the batch.
+
+``flags`` (jsonb ``{"a": true, ...}``) becomes the list of its keys in object
+order. A flags value that is not a JSON object cannot come from PostgreSQL; if
+one turns up anyway it gives ``flags=None`` and, unless the payload already
+failed, a ``payload_error`` naming flags, so the job fails visibly rather than
+running without its flags.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import orjson
+
+__all__ = ["JOB_COLUMNS", "Job", "decode_job", "decode_jobs", "loads_payload"]
+
+JOB_COLUMNS: tuple[str, ...] = (
+    "id",
+    "queue_name",
+    "task_identifier",
+    "payload",
+    "priority",
+    "run_at",
+    "attempts",
+    "max_attempts",
+    "last_error",
+    "created_at",
+    "updated_at",
+    "key",
+    "locked_at",
+    "locked_by",
+    "revision",
+    "flags",
+)
+_NCOLUMNS = len(JOB_COLUMNS)
+
+_orjson_loads = orjson.loads
+_JSONDecodeError = orjson.JSONDecodeError
+_json_loads = json.loads
+
+# Maps ASCII digits to b"0" and every other byte to b" ", so that a run of 19
+# digits becomes a substring search (C speed) instead of a regex (5x slower).
+_DIGIT_MAP = bytes(0x30 if 0x30 <= i <= 0x39 else 0x20 for i in range(256))
+_LONG_RUN = b"0" * 19
+
+# Deepest nesting the stdlib fallback is asked to parse (orjson itself takes 1024):
+# leaves room for ~480 frames of caller stack under the default recursion limit.
+MAX_FALLBACK_DEPTH = 512
+# A string token (closed or running to the end) or a bracket: the same state
+# machine as the compiled twin's loop, in one regex.
+_STR_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[\]{}]', re.S)
+_BYTES_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"?|[\[\]{}]', re.S)
+
+_BAD_JSON = "payload is not valid JSON: "
+_TOO_DEEP = "payload JSON is nested too deeply to decode"
+_BAD_FLAGS = "flags is not a JSON object: "
+
+
+def _has_long_digit_run(text: str | bytes) -> bool:
+    """True when ``text`` may hold an integer orjson would turn into a float."""
+    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else bytes(text)
+    return _LONG_RUN in data.translate(_DIGIT_MAP)
+
+
+def _nested_deeper_than(text: str | bytes, limit: int) -> bool:
+    """Whether ``text`` nests arrays/objects more than ``limit`` deep (strings skipped).
+
+    Counting brackets first keeps the common case to two C-level scans; the
+    token loop runs only for texts with more than ``limit`` opening brackets.
+    """
+    if isinstance(text, str):
+        if text.count("[") + text.count("{") <= limit:
+            return False
+        tokens, opening, closing = _STR_TOKENS, ("[", "{"), ("]", "}")
+    else:
+        if text.count(b"[") + text.count(b"{") <= limit:
+            return False
+        tokens, opening, closing = _BYTES_TOKENS, (b"[", b"{"), (b"]", b"}")
+    depth = 0
+    for match in tokens.finditer(text):
+        token = match.group()
+        if token in opening:
+            depth += 1
+            if depth > limit:
+                return True
+        elif token in closing:
+            depth -= 1
+    return False
+
+
+def _stdlib_loads(text: str | bytes) -> tuple[Any, str | None]:
+    """The fallback parser, made deterministic about depth.
+
+    ``json.loads`` recurses once per nesting level, so whether it fails on a
+    deep text would depend on how deep the caller's stack already is (and so
+    differ between the twins). Texts nested deeper than MAX_FALLBACK_DEPTH are
+    refused up front instead.
+    """
+    if isinstance(text, memoryview):
+        text = text.tobytes()  # the stdlib takes str, bytes and bytearray only
+    if _nested_deeper_than(text, MAX_FALLBACK_DEPTH):
+        return None, _TOO_DEEP
+    try:
+        return _json_loads(text), None
+    except RecursionError:  # only if the caller's own stack is already very deep
+        return None, _TOO_DEEP
+    except ValueError as exc:  # includes JSONDecodeError and UnicodeDecodeError
+        return None, _BAD_JSON + str(exc)
+
+
+def loads_payload(text: Any) -> tuple[Any, str | None]:
+    """Parses one payload column value; returns ``(value, error)`` and never raises.
+
+    ``None`` gives ``(None, None)``. Values that are not text (a ``dict`` from a
+    custom asyncpg codec, say) are passed through unchanged: they are decoded
+    already.
+    """
+    if text is None:
+        return None, None
+    if not isinstance(text, (str, bytes, bytearray, memoryview)):
+        return text, None
+    if len(text) >= 19 and _has_long_digit_run(text):
+        return _stdlib_loads(text)
+    try:
+        return _orjson_loads(text), None
+    except _JSONDecodeError:
+        return _stdlib_loads(text)
+
+
+def _flags_list(flags: Any) -> tuple[list[str] | None, str | None]:
+    """jsonb ``{"a": true, ...}`` text (or an already decoded dict) -> its keys."""
+    if isinstance(flags, str):
+        try:
+            flags = _orjson_loads(flags)
+        except _JSONDecodeError as exc:
+            return None, _BAD_FLAGS + str(exc)
+    if isinstance(flags, dict):
+        return list(flags), None
+    if isinstance(flags, list):
+        return flags, None
+    return None, _BAD_FLAGS + f"got {type(flags).__name__}"
+
+
+class Job:
+    """One fetched job: the columns of ``JOB_COLUMNS`` plus ``payload_error``.
+
+    ``payload_error`` is ``None`` unless the row's payload (or flags) could not be
+    decoded; the worker then fails the job with that message instead of running
+    the task with a wrong payload.
+    """
+
+    __slots__ = (*JOB_COLUMNS, "payload_error")
+
+    id: Any
+    queue_name: str | None
+    task_identifier: str
+    payload: Any
+    priority: int
+    run_at: Any
+    attempts: int
+    max_attempts: int
+    last_error: str | None
+    created_at: Any
+    updated_at: Any
+    key: str | None
+    locked_at: Any
+    locked_by: str | None
+    revision: int
+    flags: list[str] | None
+    payload_error: str | None
+
+    def __init__(
+        self,
+        id: Any,
+        queue_name: str | None,
+        task_identifier: str,
+        payload: Any,
+        priority: int,
+        run_at: Any,
+        attempts: int,
+        max_attempts: int,
+        last_error: str | None,
+        created_at: Any,
+        updated_at: Any,
+        key: str | None,
+        locked_at: Any,
+        locked_by: str | None,
+        revision: int,
+        flags: list[str] | None,
+        payload_error: str | None = None,
+    ) -> None:
+        self.id = id
+        self.queue_name = queue_name
+        self.task_identifier = task_identifier
+        self.payload = payload
+        self.priority = priority
+        self.run_at = run_at
+        self.attempts = attempts
+        self.max_attempts = max_attempts
+        self.last_error = last_error
+        self.created_at = created_at
+        self.updated_at = updated_at
+        self.key = key
+        self.locked_at = locked_at
+        self.locked_by = locked_by
+        self.revision = revision
+        self.flags = flags
+        self.payload_error = payload_error
+
+    def __repr__(self) -> str:
+        # Never the payload: it may hold personal data and this ends up in logs.
+        return (
+            f"<Job id={self.id!r} task_identifier={self.task_identifier!r} "
+            f"queue_name={self.queue_name!r} attempts={self.attempts!r}/{self.max_attempts!r}>"
+        )
+
+    def _astuple(self) -> tuple[Any, ...]:
+        return (
+            self.id,
+            self.queue_name,
+            self.task_identifier,
+            self.payload,
+            self.priority,
+            self.run_at,
+            self.attempts,
+            self.max_attempts,
+            self.last_error,
+            self.created_at,
+            self.updated_at,
+            self.key,
+            self.locked_at,
+            self.locked_by,
+            self.revision,
+            self.flags,
+            self.payload_error,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Job):
+            return NotImplemented
+        return self._astuple() == other._astuple()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every attribute by name, for logging/serialising a job (payload included)."""
+        return dict(zip((*JOB_COLUMNS, "payload_error"), self._astuple(), strict=True))
+
+
+def _bad_row(index: int, row: Any) -> ValueError:
+    try:
+        size: object = len(row)
+    except TypeError:
+        size = "?"
+    return ValueError(
+        f"row {index} has {size} columns, expected {_NCOLUMNS} ({', '.join(JOB_COLUMNS)})"
+    )
+
+
+def decode_jobs(rows: Any) -> list[Job]:
+    """Decodes a fetched batch (rows in ``JOB_COLUMNS`` order) in one pass.
+
+    Inlines the common case (payload text orjson accepts, flags text or None) to
+    keep per-row cost to one tuple unpack, one ``orjson.loads`` and one ``Job``
+    call; anything unusual goes through :func:`loads_payload`.
+    """
+    out: list[Job] = []
+    append = out.append
+    loads = _orjson_loads
+    decode_error = _JSONDecodeError
+    digit_map = _DIGIT_MAP
+    long_run = _LONG_RUN
+    for index, row in enumerate(rows):
+        try:
+            (
+                id_,
+                queue_name,
+                task_identifier,
+                payload,
+                priority,
+                run_at,
+                attempts,
+                max_attempts,
+                last_error,
+                created_at,
+                updated_at,
+                key,
+                locked_at,
+                locked_by,
+                revision,
+                flags,
+            ) = row
+        except (TypeError, ValueError):
+            raise _bad_row(index, row) from None
+        error = None
+        if type(payload) is str and (
+            len(payload) < 19
+            or long_run not in payload.encode("utf-8", "surrogatepass").translate(digit_map)
+        ):
+            try:
+                payload = loads(payload)
+            except decode_error:
+                payload, error = _stdlib_loads(payload)
+        elif payload is not None:
+            payload, error = loads_payload(payload)
+        if flags is not None:
+            flags, flags_error = _flags_list(flags)
+            if error is None:
+                error = flags_error
+        append(
+            Job(
+                id_,
+                queue_name,
+                task_identifier,
+                payload,
+                priority,
+                run_at,
+                attempts,
+                max_attempts,
+                last_error,
+                created_at,
+                updated_at,
+                key,
+                locked_at,
+                locked_by,
+                revision,
+                flags,
+                error,
+            )
+        )
+    return out
+
+
+def decode_job(row: Any) -> Job:
+    """Decodes one row; see :func:`decode_jobs`."""
+    return decode_jobs((row,))[0]

@@ -1,0 +1,239 @@
+"""``kongtask`` command line: a thin front end; every command calls the library.
+
+Exit codes: 0 success; 1 unexpected error; 2 bad usage, configuration or
+input; 3 the database cannot be reached; 4 tasks failed to load; 57 the
+schema holds a breaking migration newer than this kongtask (graphile-worker
+uses the same code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from . import __version__
+from ._core import IMPLEMENTATION
+from .client import WorkerUtils
+from .db import embedded_dsn, mask_dsn, resolve_dsn, scrub
+from .errors import ConfigError, InvalidJobSpec, KongtaskError, SchemaTooNew, TaskLoadError
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_CONNECT = 3
+EXIT_TASKS = 4
+EXIT_SCHEMA_TOO_NEW = SchemaTooNew.exit_code
+
+log = logging.getLogger("kongtask.cli")
+
+
+def _dsn(args: argparse.Namespace) -> str:
+    dsn = resolve_dsn(getattr(args, "connection", None))
+    if dsn is None:
+        log.info("no DSN, DATABASE_URL or PG* variables: using the embedded PostgreSQL")
+        dsn = embedded_dsn()
+    return dsn
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _add_connection_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--connection", metavar="DSN",
+                        help="PostgreSQL DSN (default: DATABASE_URL, PG* variables, embedded)")
+    parser.add_argument("-s", "--schema", metavar="NAME",
+                        help="schema (default: KONGTASK_SCHEMA, GRAPHILE_WORKER_SCHEMA, "
+                             "graphile_worker)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kongtask", description="PostgreSQL job queue, compatible with graphile-worker."
+    )
+    parser.add_argument("--version", action="version",
+                        version=f"kongtask {__version__} ({IMPLEMENTATION})")
+    parser.add_argument("--log-level", default=os.environ.get("KONGTASK_LOG_LEVEL", "INFO"))
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run a worker pool")
+    _add_connection_args(run)
+    run.add_argument("--tasks", metavar="MODULE_OR_DIR",
+                     help="module exposing a TaskList/dict, a .py file, or a folder of task "
+                          "files (default: ./tasks)")
+    run.add_argument("-j", "--jobs", type=_positive_int, default=10, dest="concurrency",
+                     help="concurrency: jobs running at once (default 10)")
+    run.add_argument("--once", action="store_true", help="run due jobs, then exit")
+    run.add_argument("--schema-only", action="store_true", help="migrate, then exit")
+    run.add_argument("--poll-interval", type=_positive_int, default=2000, metavar="MS")
+    run.add_argument("--local-queue-size", type=_positive_int, metavar="N")
+    run.add_argument("--complete-batch-delay", type=float, default=2.0, metavar="MS")
+    run.add_argument("--no-prepared-statements", action="store_true",
+                     help="for PgBouncer in transaction pooling mode")
+    run.add_argument("--max-pool-size", type=_positive_int, metavar="N")
+    run.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="S")
+    run.add_argument("--forbidden-flag", action="append", default=[], metavar="FLAG")
+
+    mig = commands.add_parser("migrate", help="install or check the schema")
+    _add_connection_args(mig)
+
+    add = commands.add_parser("add", help="add a job")
+    _add_connection_args(add)
+    add.add_argument("task")
+    add.add_argument("payload", nargs="?", default="{}", help="JSON payload (default {})")
+    add.add_argument("--queue")
+    add.add_argument("--run-at", metavar="ISO8601")
+    add.add_argument("--job-key")
+    add.add_argument("--job-key-mode", choices=("replace", "preserve_run_at", "unsafe_dedupe"))
+    add.add_argument("--priority", type=int)
+    add.add_argument("--max-attempts", type=int)
+    add.add_argument("--flag", action="append", dest="flags")
+
+    commands.add_parser("info", help="version and which implementation is loaded")
+    return parser
+
+
+async def _cmd_run(args: argparse.Namespace) -> int:
+    from .tasks import load_tasks
+    from .worker import Runner, WorkerOptions
+
+    dsn = _dsn(args)
+    if args.schema_only:
+        async with WorkerUtils(dsn, schema=args.schema) as utils:
+            result = await utils.migrate()
+        print(orjson.dumps({"schema": result.schema, "installed": result.installed,
+                            "version": result.version}).decode())
+        return 0
+    spec = args.tasks or ("tasks" if Path("tasks").is_dir() else None)
+    if spec is None:
+        raise TaskLoadError("no --tasks given and no ./tasks folder here")
+    tasks = load_tasks(spec)
+    options = WorkerOptions(
+        concurrency=args.concurrency,
+        schema=args.schema,
+        poll_interval=args.poll_interval / 1000,
+        local_queue_size=args.local_queue_size,
+        complete_batch_delay=args.complete_batch_delay / 1000,
+        prepared_statements=not args.no_prepared_statements,
+        max_pool_size=args.max_pool_size,
+        shutdown_timeout=args.shutdown_timeout,
+        forbidden_flags=args.forbidden_flag or None,
+        handle_signals=True,
+    )
+    runner = Runner(dsn, tasks, options, once=args.once)
+    await runner.start()
+    log.info("worker %s ready: %d task(s), concurrency %d, schema %r, %s (%s)",
+             runner.worker_id, len(tasks), args.concurrency, runner.schema, mask_dsn(dsn),
+             IMPLEMENTATION)
+    return await runner.wait()
+
+
+async def _cmd_migrate(args: argparse.Namespace) -> int:
+    async with WorkerUtils(_dsn(args), schema=args.schema) as utils:
+        result = await utils.migrate()
+    print(orjson.dumps({"schema": result.schema, "installed": result.installed,
+                        "version": result.version}).decode())
+    return 0
+
+
+async def _cmd_add(args: argparse.Namespace) -> int:
+    try:
+        payload = orjson.loads(args.payload)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJobSpec("payload", f"not valid JSON: {exc}") from None
+    run_at = None
+    if args.run_at:
+        try:
+            run_at = datetime.fromisoformat(args.run_at)
+        except ValueError:
+            raise InvalidJobSpec("run_at", f"not an ISO 8601 time: {args.run_at!r}") from None
+    async with WorkerUtils(_dsn(args), schema=args.schema) as utils:
+        job = await utils.add_job(
+            args.task, payload, queue_name=args.queue, run_at=run_at, job_key=args.job_key,
+            job_key_mode=args.job_key_mode, priority=args.priority,
+            max_attempts=args.max_attempts, flags=args.flags,
+        )
+    print(orjson.dumps({"id": job.id, "task": job.task_identifier, "queue": job.queue_name,
+                        "run_at": job.run_at}).decode())
+    return 0
+
+
+async def _cmd_info(args: argparse.Namespace) -> int:
+    from importlib.metadata import version
+
+    def ver(name: str) -> str:
+        try:
+            return version(name)
+        except Exception:  # noqa: BLE001 - a missing optional package is just "absent"
+            return "absent"
+
+    print(f"kongtask {__version__}")
+    print(f"implementation: {IMPLEMENTATION}")
+    print(f"python: {sys.version.split()[0]}")
+    for name in ("asyncpg", "uvloop", "orjson", "pgserver"):
+        print(f"{name}: {ver(name)}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
+    "run": _cmd_run,
+    "migrate": _cmd_migrate,
+    "add": _cmd_add,
+    "info": _cmd_info,
+}
+
+
+def _run_async(coro: Awaitable[int]) -> int:
+    try:
+        import uvloop
+    except ImportError:  # Windows: plain asyncio
+        return asyncio.run(coro)  # type: ignore[arg-type]
+    return uvloop.run(coro)  # type: ignore[arg-type]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    handler = COMMANDS[args.command]
+    dsn_hint = getattr(args, "connection", None) or os.environ.get("DATABASE_URL")
+    try:
+        return _run_async(handler(args))
+    except SchemaTooNew as exc:
+        log.error("%s", exc)
+        return EXIT_SCHEMA_TOO_NEW
+    except TaskLoadError as exc:
+        log.error("%s", exc)
+        return EXIT_TASKS
+    except (InvalidJobSpec, ConfigError) as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE
+    except ConnectionError as exc:
+        log.error("%s", scrub(str(exc), dsn_hint))
+        return EXIT_CONNECT
+    except KongtaskError as exc:
+        log.error("%s", exc)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+def _entry() -> Any:  # pragma: no cover - console script shim
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
