@@ -29,15 +29,17 @@ class _OptionalBuildExt(build_ext):
     def run(self) -> None:
         try:
             super().run()
-        except Exception as exc:  # noqa: BLE001 - any compiler failure means "pure build"
+        except Exception as exc:
             if os.environ.get("KONGTASK_REQUIRE_EXTENSIONS"):
                 raise
-            print(f"kongtask: building extensions failed ({exc}); using pure Python", file=sys.stderr)
+            print(
+                f"kongtask: building extensions failed ({exc}); using pure Python", file=sys.stderr
+            )
 
     def build_extension(self, ext) -> None:  # type: ignore[no-untyped-def]
         try:
             super().build_extension(ext)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if os.environ.get("KONGTASK_REQUIRE_EXTENSIONS"):
                 raise
             print(f"kongtask: could not compile {ext.name} ({exc})", file=sys.stderr)
@@ -54,10 +56,13 @@ def _extensions() -> list:
         print("kongtask: Cython not installed; using pure Python", file=sys.stderr)
         return []
     sources = sorted(str(p.relative_to(HERE)) for p in CORE.glob("*.pyx"))
+    annotate = bool(os.environ.get("KONGTASK_CYTHON_ANNOTATE"))
     return cythonize(
         sources,
         language_level=3,
-        annotate=bool(os.environ.get("KONGTASK_CYTHON_ANNOTATE")),
+        annotate=annotate,
+        # cythonize skips up-to-date .c files, which would write no HTML.
+        force=annotate,
         compiler_directives={
             # Every directive is chosen on purpose: the hot loops index lists and
             # tuples we built ourselves, so bounds checks and negative-index

@@ -51,36 +51,56 @@ def _positive_int(text: str) -> int:
 
 
 def _add_connection_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-c", "--connection", metavar="DSN",
-                        help="PostgreSQL DSN (default: DATABASE_URL, PG* variables, embedded)")
-    parser.add_argument("-s", "--schema", metavar="NAME",
-                        help="schema (default: KONGTASK_SCHEMA, GRAPHILE_WORKER_SCHEMA, "
-                             "graphile_worker)")
+    parser.add_argument(
+        "-c",
+        "--connection",
+        metavar="DSN",
+        help="PostgreSQL DSN (default: DATABASE_URL, PG* variables, embedded)",
+    )
+    parser.add_argument(
+        "-s",
+        "--schema",
+        metavar="NAME",
+        help="schema (default: KONGTASK_SCHEMA, GRAPHILE_WORKER_SCHEMA, graphile_worker)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kongtask", description="PostgreSQL job queue, compatible with graphile-worker."
     )
-    parser.add_argument("--version", action="version",
-                        version=f"kongtask {__version__} ({IMPLEMENTATION})")
+    parser.add_argument(
+        "--version", action="version", version=f"kongtask {__version__} ({IMPLEMENTATION})"
+    )
     parser.add_argument("--log-level", default=os.environ.get("KONGTASK_LOG_LEVEL", "INFO"))
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run a worker pool")
     _add_connection_args(run)
-    run.add_argument("--tasks", metavar="MODULE_OR_DIR",
-                     help="module exposing a TaskList/dict, a .py file, or a folder of task "
-                          "files (default: ./tasks)")
-    run.add_argument("-j", "--jobs", type=_positive_int, default=10, dest="concurrency",
-                     help="concurrency: jobs running at once (default 10)")
+    run.add_argument(
+        "--tasks",
+        metavar="MODULE_OR_DIR",
+        help="module exposing a TaskList/dict, a .py file, or a folder of task "
+        "files (default: ./tasks)",
+    )
+    run.add_argument(
+        "-j",
+        "--jobs",
+        type=_positive_int,
+        default=10,
+        dest="concurrency",
+        help="concurrency: jobs running at once (default 10)",
+    )
     run.add_argument("--once", action="store_true", help="run due jobs, then exit")
     run.add_argument("--schema-only", action="store_true", help="migrate, then exit")
     run.add_argument("--poll-interval", type=_positive_int, default=2000, metavar="MS")
     run.add_argument("--local-queue-size", type=_positive_int, metavar="N")
     run.add_argument("--complete-batch-delay", type=float, default=2.0, metavar="MS")
-    run.add_argument("--no-prepared-statements", action="store_true",
-                     help="for PgBouncer in transaction pooling mode")
+    run.add_argument(
+        "--no-prepared-statements",
+        action="store_true",
+        help="for PgBouncer in transaction pooling mode",
+    )
     run.add_argument("--max-pool-size", type=_positive_int, metavar="N")
     run.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="S")
     run.add_argument("--forbidden-flag", action="append", default=[], metavar="FLAG")
@@ -101,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--flag", action="append", dest="flags")
 
     commands.add_parser("info", help="version and which implementation is loaded")
+    bench = commands.add_parser(
+        "bench",
+        help="benchmark kongtask (and graphile-worker); see `kongtask bench --help`",
+        add_help=False,
+    )
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -112,8 +138,11 @@ async def _cmd_run(args: argparse.Namespace) -> int:
     if args.schema_only:
         async with WorkerUtils(dsn, schema=args.schema) as utils:
             result = await utils.migrate()
-        print(orjson.dumps({"schema": result.schema, "installed": result.installed,
-                            "version": result.version}).decode())
+        print(
+            orjson.dumps(
+                {"schema": result.schema, "installed": result.installed, "version": result.version}
+            ).decode()
+        )
         return 0
     spec = args.tasks or ("tasks" if Path("tasks").is_dir() else None)
     if spec is None:
@@ -133,17 +162,26 @@ async def _cmd_run(args: argparse.Namespace) -> int:
     )
     runner = Runner(dsn, tasks, options, once=args.once)
     await runner.start()
-    log.info("worker %s ready: %d task(s), concurrency %d, schema %r, %s (%s)",
-             runner.worker_id, len(tasks), args.concurrency, runner.schema, mask_dsn(dsn),
-             IMPLEMENTATION)
+    log.info(
+        "worker %s ready: %d task(s), concurrency %d, schema %r, %s (%s)",
+        runner.worker_id,
+        len(tasks),
+        args.concurrency,
+        runner.schema,
+        mask_dsn(dsn),
+        IMPLEMENTATION,
+    )
     return await runner.wait()
 
 
 async def _cmd_migrate(args: argparse.Namespace) -> int:
     async with WorkerUtils(_dsn(args), schema=args.schema) as utils:
         result = await utils.migrate()
-    print(orjson.dumps({"schema": result.schema, "installed": result.installed,
-                        "version": result.version}).decode())
+    print(
+        orjson.dumps(
+            {"schema": result.schema, "installed": result.installed, "version": result.version}
+        ).decode()
+    )
     return 0
 
 
@@ -160,12 +198,26 @@ async def _cmd_add(args: argparse.Namespace) -> int:
             raise InvalidJobSpec("run_at", f"not an ISO 8601 time: {args.run_at!r}") from None
     async with WorkerUtils(_dsn(args), schema=args.schema) as utils:
         job = await utils.add_job(
-            args.task, payload, queue_name=args.queue, run_at=run_at, job_key=args.job_key,
-            job_key_mode=args.job_key_mode, priority=args.priority,
-            max_attempts=args.max_attempts, flags=args.flags,
+            args.task,
+            payload,
+            queue_name=args.queue,
+            run_at=run_at,
+            job_key=args.job_key,
+            job_key_mode=args.job_key_mode,
+            priority=args.priority,
+            max_attempts=args.max_attempts,
+            flags=args.flags,
         )
-    print(orjson.dumps({"id": job.id, "task": job.task_identifier, "queue": job.queue_name,
-                        "run_at": job.run_at}).decode())
+    print(
+        orjson.dumps(
+            {
+                "id": job.id,
+                "task": job.task_identifier,
+                "queue": job.queue_name,
+                "run_at": job.run_at,
+            }
+        ).decode()
+    )
     return 0
 
 
@@ -175,7 +227,7 @@ async def _cmd_info(args: argparse.Namespace) -> int:
     def ver(name: str) -> str:
         try:
             return version(name)
-        except Exception:  # noqa: BLE001 - a missing optional package is just "absent"
+        except Exception:
             return "absent"
 
     print(f"kongtask {__version__}")
@@ -203,6 +255,13 @@ def _run_async(coro: Awaitable[int]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        # The benchmark has its own parser and event loops (it drives child
+        # processes); hand it the rest of the command line untouched.
+        from .benchmark import main as bench_main
+
+        return bench_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -234,7 +234,9 @@ class WorkerUtils:
         """Delete jobs as done; skips jobs a live worker holds. Returns those deleted."""
         return await self._fetch_jobs(self.queries.complete_jobs, list(ids))
 
-    async def permanently_fail_jobs(self, ids: Iterable[int], reason: str | None = None) -> list[Job]:
+    async def permanently_fail_jobs(
+        self, ids: Iterable[int], reason: str | None = None
+    ) -> list[Job]:
         """Stop jobs from running again, keeping them for inspection."""
         return await self._fetch_jobs(self.queries.permanently_fail_jobs, list(ids), reason)
 

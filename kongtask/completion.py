@@ -97,7 +97,7 @@ class Completer:
                 self._done, self._failed = [], []
                 try:
                     await self._write(done, failed)
-                except Exception as exc:  # noqa: BLE001 - whatever broke, keep the batch
+                except Exception as exc:
                     # Put the batch back in front and retry: nothing is lost.
                     self._done = done + self._done
                     self._failed = failed + self._failed

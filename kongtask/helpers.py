@@ -22,7 +22,10 @@ class JobLoggerAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
         extra = self.extra or {}
         kwargs.setdefault("extra", {}).update(extra)
-        return f"[job {extra.get('job_id')} {extra.get('task')}#{extra.get('attempt')}] {msg}", kwargs
+        return (
+            f"[job {extra.get('job_id')} {extra.get('task')}#{extra.get('attempt')}] {msg}",
+            kwargs,
+        )
 
 
 class Helpers:
@@ -59,8 +62,12 @@ class Helpers:
             job = self.job
             self._logger = JobLoggerAdapter(
                 logging.getLogger(f"kongtask.job.{job.task_identifier}"),
-                {"job_id": job.id, "task": job.task_identifier, "attempt": job.attempts,
-                 "worker_id": self.worker_id},
+                {
+                    "job_id": job.id,
+                    "task": job.task_identifier,
+                    "attempt": job.attempts,
+                    "worker_id": self.worker_id,
+                },
             )
         return self._logger
 

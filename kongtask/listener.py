@@ -89,7 +89,9 @@ class Listener:
             self._on_insert(count if isinstance(count, int) else 1)
         elif channel == "worker:migrate":
             number = message.get("migrationNumber")
-            self._on_migrate(number if isinstance(number, int) else 0, bool(message.get("breaking")))
+            self._on_migrate(
+                number if isinstance(number, int) else 0, bool(message.get("breaking"))
+            )
 
     async def _keep_alive(self) -> None:
         while not self._stopping:
@@ -101,7 +103,12 @@ class Listener:
             while not self._stopping:
                 try:
                     await self._open()
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError) as exc:
+                except (
+                    OSError,
+                    asyncpg.PostgresError,
+                    asyncpg.InterfaceError,
+                    ConnectionError,
+                ) as exc:
                     self._events.emit("pool:listen:error", {"error": exc})
                     await asyncio.sleep(delay * (0.5 + random.random()))
                     delay = min(delay * 2, 10.0)

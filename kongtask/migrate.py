@@ -102,7 +102,9 @@ async def migrate(conn: asyncpg.Connection, schema: str = "graphile_worker") -> 
     """
     quoted = quote_ident(schema)
     async with conn.transaction():
-        await conn.execute("select pg_advisory_xact_lock(hashtext($1))", "kongtask:migrate:" + schema)
+        await conn.execute(
+            "select pg_advisory_xact_lock(hashtext($1))", "kongtask:migrate:" + schema
+        )
         version = await read_version(conn, schema)
         if version is not None:
             check_version(schema, version)

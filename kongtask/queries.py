@@ -38,7 +38,10 @@ class Queries:
 
     def _from_function(self, call: str) -> str:
         """Select jobs returned by a queue function, in JOB_COLUMNS order."""
-        return f"with j as ({call}) select {self._fields()} from j where j.id is not null order by j.id"
+        return (
+            f"with j as ({call}) "
+            f"select {self._fields()} from j where j.id is not null order by j.id"
+        )
 
     # ----------------------------------------------------------------- client
     @cached_property

@@ -40,8 +40,10 @@ class TaskList(Mapping[str, Handler]):
         if name in self._handlers:
             raise TaskLoadError(f"task {name!r} is registered twice")
         self._handlers[name] = handler
-        self._is_async[name] = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
-            getattr(handler, "__call__", None)
+        # A callable object counts as async when its __call__ is a coroutine function.
+        call = vars(type(handler)).get("__call__")
+        self._is_async[name] = inspect.iscoroutinefunction(handler) or (
+            not inspect.isfunction(handler) and inspect.iscoroutinefunction(call)
         )
 
     def task(self, name: str) -> Callable[[Handler], Handler]:
@@ -76,7 +78,9 @@ def as_task_list(tasks: TaskList | Mapping[str, Handler]) -> TaskList:
         return tasks
     if isinstance(tasks, Mapping):
         return TaskList(tasks)
-    raise TaskLoadError(f"tasks must be a TaskList or a dict of handlers, got {type(tasks).__name__}")
+    raise TaskLoadError(
+        f"tasks must be a TaskList or a dict of handlers, got {type(tasks).__name__}"
+    )
 
 
 def load_tasks(spec: str) -> TaskList:
@@ -139,7 +143,9 @@ def _load_directory(root: Path) -> TaskList:
             public = [
                 v
                 for k, v in vars(module).items()
-                if inspect.isfunction(v) and not k.startswith("_") and v.__module__ == module.__name__
+                if inspect.isfunction(v)
+                and not k.startswith("_")
+                and v.__module__ == module.__name__
             ]
             if len(public) != 1:
                 raise TaskLoadError(

@@ -47,7 +47,7 @@ log = logging.getLogger("kongtask.worker")
 
 Job = decode.Job
 ForbiddenFlags = (
-    Iterable[str] | Callable[[], Iterable[str] | None | Awaitable[Iterable[str] | None]] | None
+    Iterable[str] | Callable[[], Iterable[str] | Awaitable[Iterable[str] | None] | None] | None
 )
 
 _DB_ERRORS = (
@@ -250,11 +250,12 @@ class Runner:
         error = task.exception()
         if error is None and self._once:
             return
-        self.log.critical("worker loop %s died: %r; shutting down", task.get_coro(), error,
-                          exc_info=error)
+        self.log.critical(
+            "worker loop %s died: %r; shutting down", task.get_coro(), error, exc_info=error
+        )
         self.events.emit("worker:fatalError", {"worker_id": self.worker_id, "error": error})
         self.exit_code = self.exit_code or 1
-        asyncio.get_running_loop().create_task(self.stop())
+        self._begin_shutdown(self.options.shutdown_timeout)
 
     async def _register_tasks(self, conn: asyncpg.Connection) -> None:
         names = list(self.tasks)
@@ -272,20 +273,25 @@ class Runner:
 
     async def stop(self, timeout: float | None = None) -> None:
         """Graceful shutdown: stop fetching, finish running jobs, write results, unlock."""
-        if self._shutdown_task is None:
-            self._shutdown_task = asyncio.get_running_loop().create_task(
-                self._shutdown(self.options.shutdown_timeout if timeout is None else timeout)
-            )
-        await asyncio.shield(self._shutdown_task)
+        await asyncio.shield(
+            self._begin_shutdown(self.options.shutdown_timeout if timeout is None else timeout)
+        )
 
     async def kill(self) -> None:
         """Forceful shutdown: running jobs are failed with a message (so they retry)."""
+        self._force()
+        await asyncio.shield(self._begin_shutdown(0))
+
+    def _force(self) -> None:
         self._abort.set()
         for slot in self._slots:
             slot.cancel()
+
+    def _begin_shutdown(self, timeout: float) -> asyncio.Task[None]:
+        """Start shutting down once; later calls join the same shutdown."""
         if self._shutdown_task is None:
-            self._shutdown_task = asyncio.get_running_loop().create_task(self._shutdown(0))
-        await asyncio.shield(self._shutdown_task)
+            self._shutdown_task = asyncio.get_running_loop().create_task(self._shutdown(timeout))
+        return self._shutdown_task
 
     async def __aenter__(self) -> Runner:
         if not self.ready.is_set():
@@ -305,15 +311,16 @@ class Runner:
             self._signals_installed.append(sig)
 
     def _on_signal(self, sig: int) -> None:
-        loop = asyncio.get_running_loop()
         if self._shutdown_task is None:
-            self.log.info("received %s: finishing running jobs (again to force)",
-                          signal.Signals(sig).name)
-            loop.create_task(self.stop())
+            self.log.info(
+                "received %s: finishing running jobs (again to force)", signal.Signals(sig).name
+            )
+            self._begin_shutdown(self.options.shutdown_timeout)
         else:
-            self.log.warning("received %s again: failing running jobs and exiting",
-                             signal.Signals(sig).name)
-            loop.create_task(self.kill())
+            self.log.warning(
+                "received %s again: failing running jobs and exiting", signal.Signals(sig).name
+            )
+            self._force()
 
     async def _shutdown(self, timeout: float) -> None:
         forceful = self._abort.is_set()
@@ -341,7 +348,8 @@ class Runner:
             if pending:
                 self.log.warning(
                     "%d job(s) still running after %.1fs; failing them so they retry",
-                    len(self._running), timeout,
+                    len(self._running),
+                    timeout,
                 )
                 self._abort.set()
                 for slot in pending:
@@ -356,8 +364,12 @@ class Runner:
                 await self._pool.execute(self.queries.release_worker, [self.worker_id])
         except (*_DB_ERRORS, asyncio.TimeoutError) as exc:
             error = exc
-            self.log.error("could not write final results or unlock (%s); locks of %s "
-                           "will be freed by the stale-lock sweep", exc, self.worker_id)
+            self.log.error(
+                "could not write final results or unlock (%s); locks of %s "
+                "will be freed by the stale-lock sweep",
+                exc,
+                self.worker_id,
+            )
         self._remove_signals()
         await self._close_pool()
         suffix = ":error" if error else ":complete"
@@ -410,10 +422,12 @@ class Runner:
         if breaking and number > _migrate.LATEST_MIGRATION:
             self.log.error(
                 "schema migrated to breaking revision %d, newer than this kongtask "
-                "understands (%d); stopping", number, _migrate.LATEST_MIGRATION,
+                "understands (%d); stopping",
+                number,
+                _migrate.LATEST_MIGRATION,
             )
             self.exit_code = SchemaTooNew.exit_code
-            asyncio.get_running_loop().create_task(self.stop())
+            self._begin_shutdown(self.options.shutdown_timeout)
 
     def _after_flush(self) -> None:
         # A flush may have freed named queues whose next jobs are now fetchable.
@@ -516,9 +530,10 @@ class Runner:
             elif self._more and len(self._local) <= self._concurrency:
                 self._wakeup.set()
             if self._once and not rows and not self._running and not self._local:
-                if self._completer is None or self._completer.pending == 0:
-                    asyncio.get_running_loop().create_task(self.stop())
-                    return
+                # run_once: nothing due, nothing in hand; pending results are
+                # written by the shutdown's drain.
+                self._begin_shutdown(self.options.shutdown_timeout)
+                return
 
     def _set_run_at_timer(self, delay: float) -> None:
         loop = asyncio.get_running_loop()
@@ -616,7 +631,7 @@ class Runner:
                 del running[job.id]
                 self._record_failure(job, SHUTDOWN_MESSAGE, None, None)
                 return
-            except BaseException as exc:  # noqa: BLE001 - a handler may raise anything
+            except BaseException as exc:
                 del running[job.id]
                 if isinstance(exc, KeyboardInterrupt | SystemExit):
                     self._record_failure(job, format_error(exc), exc, None)
@@ -634,15 +649,15 @@ class Runner:
             if events.has("job:complete"):
                 events.emit("job:complete", {"job": job, "error": None})
 
-    async def _batch_failures(
-        self, job: Job, result: list[Any]
-    ) -> tuple[list[Any], str] | None:
+    async def _batch_failures(self, job: Job, result: list[Any]) -> tuple[list[Any], str] | None:
         """For a list payload answered by a same-length list: keep the failed entries."""
         payload = job.payload
         if len(result) != len(payload):
             self.log.warning(
                 "task %r returned %d results for %d payload entries; treating as success",
-                job.task_identifier, len(result), len(payload),
+                job.task_identifier,
+                len(result),
+                len(payload),
             )
             return None
         failed: list[Any] = []
@@ -673,8 +688,12 @@ class Runner:
         final = job.attempts >= job.max_attempts
         self.log.error(
             "job %s (%s) failed, attempt %d of %d%s: %s",
-            job.id, job.task_identifier, job.attempts, job.max_attempts,
-            " (permanently)" if final else "", message.splitlines()[0] if message else "",
+            job.id,
+            job.task_identifier,
+            job.attempts,
+            job.max_attempts,
+            " (permanently)" if final else "",
+            message.splitlines()[0] if message else "",
         )
         events = self.events
         if events.has("job:error"):
@@ -722,4 +741,3 @@ async def run_once(
 
 
 __all__ = ["SHUTDOWN_MESSAGE", "Runner", "WorkerOptions", "format_error", "run", "run_once"]
-

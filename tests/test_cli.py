@@ -15,7 +15,7 @@ import orjson
 from kongtask import JobSpec, WorkerUtils
 from kongtask.db import quote_ident
 
-TASKS = '''
+TASKS = """
 import os
 import asyncio
 from kongtask import TaskList
@@ -30,13 +30,19 @@ async def record(payload, helpers):
     if payload.get("slow"):
         print("SLOW-STARTED", flush=True)
         await asyncio.sleep(1.0)
-'''
+"""
 
 
-async def _cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> tuple[int, str, str]:
+async def _cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "kongtask", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "kongtask",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
         env={**os.environ, **(env or {})},
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
@@ -54,14 +60,33 @@ async def test_add_then_run_once(
 ) -> None:
     await _seen_table(conn)
     (tmp_path / "cli_tasks.py").write_text(TASKS)
-    code, out, err = await _cli("add", "-c", database_url, "-s", utils.schema, "record",
-                                '{"n": 7}', "--queue", "q", "--priority", "3")
+    code, out, err = await _cli(
+        "add",
+        "-c",
+        database_url,
+        "-s",
+        utils.schema,
+        "record",
+        '{"n": 7}',
+        "--queue",
+        "q",
+        "--priority",
+        "3",
+    )
     assert code == 0, err
     added = orjson.loads(out.strip().splitlines()[-1])
     assert added["task"] == "record" and added["queue"] == "q"
-    code, out, err = await _cli("run", "-c", database_url, "-s", utils.schema, "--once",
-                                "--tasks", str(tmp_path / "cli_tasks.py"),
-                                env={"TEST_SCHEMA": utils.schema})
+    code, out, err = await _cli(
+        "run",
+        "-c",
+        database_url,
+        "-s",
+        utils.schema,
+        "--once",
+        "--tasks",
+        str(tmp_path / "cli_tasks.py"),
+        env={"TEST_SCHEMA": utils.schema},
+    )
     assert code == 0, err
     assert await conn.fetchval(
         "select array_agg(n) from public.kongtask_cli_seen where schema_name = $1", utils.schema
@@ -74,8 +99,16 @@ async def test_bad_payload_and_missing_tasks_exit_codes(
     code, _, err = await _cli("add", "-c", database_url, "-s", utils.schema, "t", "{nope")
     assert code == 2 and "payload" in err
     (tmp_path / "broken.py").write_text("raise RuntimeError('cannot import me')\n")
-    code, _, err = await _cli("run", "-c", database_url, "-s", utils.schema, "--once",
-                              "--tasks", str(tmp_path / "broken.py"))
+    code, _, err = await _cli(
+        "run",
+        "-c",
+        database_url,
+        "-s",
+        utils.schema,
+        "--once",
+        "--tasks",
+        str(tmp_path / "broken.py"),
+    )
     assert code == 4 and "cannot import me" in err
 
 
@@ -92,8 +125,12 @@ async def test_newer_schema_exits_57(
 async def test_password_never_printed(utils: WorkerUtils) -> None:
     secret = "hunter2-very-secret"
     code, out, err = await _cli(
-        "migrate", "-c", f"postgresql://postgres:{secret}@127.0.0.1:1/nowhere",
-        "-s", utils.schema, timeout=60,
+        "migrate",
+        "-c",
+        f"postgresql://postgres:{secret}@127.0.0.1:1/nowhere",
+        "-s",
+        utils.schema,
+        timeout=60,
     )
     assert code == 3
     assert secret not in out + err and "***" in err
@@ -104,13 +141,27 @@ async def test_sigterm_finishes_running_job_and_unlocks(
 ) -> None:
     await _seen_table(conn)
     (tmp_path / "cli_tasks.py").write_text(TASKS)
-    await utils.add_jobs([JobSpec("record", {"n": 1, "slow": True}),
-                          *(JobSpec("record", {"n": i}, run_at=None, queue_name="later")
-                            for i in range(2, 4))])
+    await utils.add_jobs(
+        [
+            JobSpec("record", {"n": 1, "slow": True}),
+            *(JobSpec("record", {"n": i}, run_at=None, queue_name="later") for i in range(2, 4)),
+        ]
+    )
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "kongtask", "run", "-c", database_url, "-s", utils.schema,
-        "--tasks", str(tmp_path / "cli_tasks.py"), "-j", "1",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "kongtask",
+        "run",
+        "-c",
+        database_url,
+        "-s",
+        utils.schema,
+        "--tasks",
+        str(tmp_path / "cli_tasks.py"),
+        "-j",
+        "1",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "TEST_SCHEMA": utils.schema},
     )
     assert proc.stdout is not None
@@ -125,12 +176,16 @@ async def test_sigterm_finishes_running_job_and_unlocks(
         utils.schema,
     )
     assert 1 in seen  # the running job finished
-    assert await conn.fetchval(
-        f"select count(*) from {s}._private_jobs where locked_by is not null"
-    ) == 0
-    assert await conn.fetchval(
-        f"select count(*) from {s}._private_job_queues where locked_by is not null"
-    ) == 0
+    assert (
+        await conn.fetchval(f"select count(*) from {s}._private_jobs where locked_by is not null")
+        == 0
+    )
+    assert (
+        await conn.fetchval(
+            f"select count(*) from {s}._private_job_queues where locked_by is not null"
+        )
+        == 0
+    )
 
 
 async def test_info_names_the_implementation() -> None:

@@ -116,8 +116,13 @@ async def test_add_job_notifies_insert(utils: WorkerUtils, conn: asyncpg.Connect
 
 async def test_add_jobs_bulk_with_options(utils: WorkerUtils) -> None:
     specs = [
-        JobSpec("bulk", {"i": i}, queue_name="q" if i % 2 else None, priority=i % 3,
-                flags=["f"] if i == 0 else None)
+        JobSpec(
+            "bulk",
+            {"i": i},
+            queue_name="q" if i % 2 else None,
+            priority=i % 3,
+            flags=["f"] if i == 0 else None,
+        )
         for i in range(1000)
     ]
     jobs = await utils.add_jobs(specs)
@@ -138,7 +143,9 @@ async def test_add_jobs_accepts_dicts_and_preserve_run_at(utils: WorkerUtils) ->
     assert job.run_at == when and job.payload == 7
 
 
-async def test_add_jobs_hundred_thousand(utils: WorkerUtils, conn: asyncpg.Connection, schema: str) -> None:
+async def test_add_jobs_hundred_thousand(
+    utils: WorkerUtils, conn: asyncpg.Connection, schema: str
+) -> None:
     count = await utils.add_jobs_count([JobSpec("many", {"i": i}) for i in range(100_000)])
     assert count == 100_000
     assert await conn.fetchval(f"select count(*) from {quote_ident(schema)}.jobs") == 100_000
@@ -196,8 +203,9 @@ async def test_permanently_fail_and_reschedule(
     [default_reason] = await utils.permanently_fail_jobs([a.id])
     assert default_reason.last_error == "Manually marked as failed"
     when = datetime(2033, 3, 3, tzinfo=timezone.utc)
-    [moved] = await utils.reschedule_jobs([a.id, b.id], run_at=when, priority=4, attempts=0,
-                                         max_attempts=9)
+    [moved] = await utils.reschedule_jobs(
+        [a.id, b.id], run_at=when, priority=4, attempts=0, max_attempts=9
+    )
     assert moved.id == a.id
     assert (moved.run_at, moved.priority, moved.attempts, moved.max_attempts) == (when, 4, 0, 9)
 
@@ -217,18 +225,25 @@ async def test_remove_job_deletes_or_disables(
     assert await utils.remove_job("absent") is None
 
 
-async def test_force_unlock_workers(utils: WorkerUtils, schema: str, conn: asyncpg.Connection) -> None:
+async def test_force_unlock_workers(
+    utils: WorkerUtils, schema: str, conn: asyncpg.Connection
+) -> None:
     job = await utils.add_job("t", queue_name="q")
     await _lock(conn, schema, job.id)
     await conn.execute(
-        f"update {quote_ident(schema)}._private_job_queues set locked_by = 'other', locked_at = now()"
+        f"update {quote_ident(schema)}._private_job_queues "
+        "set locked_by = 'other', locked_at = now()"
     )
     await utils.force_unlock_workers(["other"])
     [after] = await utils.get_jobs([job.id])
     assert after.locked_by is None and after.locked_at is None
-    assert await conn.fetchval(
-        f"select count(*) from {quote_ident(schema)}._private_job_queues where locked_by is not null"
-    ) == 0
+    assert (
+        await conn.fetchval(
+            f"select count(*) from {quote_ident(schema)}._private_job_queues "
+            "where locked_by is not null"
+        )
+        == 0
+    )
 
 
 async def test_cleanup_tasks(utils: WorkerUtils, schema: str, conn: asyncpg.Connection) -> None:
@@ -239,8 +254,10 @@ async def test_cleanup_tasks(utils: WorkerUtils, schema: str, conn: asyncpg.Conn
     await utils.permanently_fail_jobs([dead.id])
     await utils.complete_jobs([done.id])
     await conn.execute(f"insert into {s}._private_tasks (identifier) values ('keep_me')")
-    await utils.cleanup(["DELETE_PERMAFAILED_JOBS", "GC_TASK_IDENTIFIERS", "GC_JOB_QUEUES"],
-                        task_identifiers_to_keep=["keep_me"])
+    await utils.cleanup(
+        ["DELETE_PERMAFAILED_JOBS", "GC_TASK_IDENTIFIERS", "GC_JOB_QUEUES"],
+        task_identifiers_to_keep=["keep_me"],
+    )
     assert await utils.get_jobs([dead.id]) == []
     tasks = {r[0] for r in await conn.fetch(f"select identifier from {s}._private_tasks")}
     queues = {r[0] for r in await conn.fetch(f"select queue_name from {s}._private_job_queues")}

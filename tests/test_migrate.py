@@ -42,7 +42,8 @@ async def test_newer_breaking_migration_is_refused(
     async with WorkerUtils(database_url, schema=schema) as utils:
         await utils.migrate()
         await conn.execute(
-            f"insert into {quote_ident(schema)}.migrations (id, breaking) values (20, false), (21, true)"
+            f"insert into {quote_ident(schema)}.migrations (id, breaking) "
+            "values (20, false), (21, true)"
         )
         with pytest.raises(SchemaTooNew, match="breaking migration 21") as info:
             await utils.migrate()

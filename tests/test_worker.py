@@ -64,7 +64,10 @@ async def test_runs_in_priority_then_run_at_then_id_order(
     tasks = TaskList({"order": _async_record(rec)})
     await kongtask.run_once(database_url, tasks, schema=utils.schema, concurrency=1)
     assert [c["n"] for c in rec.calls] == [
-        "high-priority", "early-run_at", "late-run_at", "low-priority",
+        "high-priority",
+        "early-run_at",
+        "late-run_at",
+        "low-priority",
     ]
 
 
@@ -156,8 +159,12 @@ async def test_named_queue_is_serial_across_two_pools(
             active -= 1
         done.record(payload["i"])
 
-    opts = {"schema": utils.schema, "concurrency": 10, "local_queue_size": 20,
-            "complete_batch_delay": 0.001}
+    opts = {
+        "schema": utils.schema,
+        "concurrency": 10,
+        "local_queue_size": 20,
+        "complete_batch_delay": 0.001,
+    }
     a = await kongtask.run(database_url, {"serial": handler}, **opts)
     b = await kongtask.run(database_url, {"serial": handler}, **opts)
     try:
@@ -176,9 +183,11 @@ async def test_batch_never_holds_two_jobs_of_one_queue(
     seen_batches: list[list[int]] = []
     events = kongtask.EventEmitter()
     rec = Recorder()
-    runner = kongtask.Runner(database_url, {"q": _async_record(rec)},
-                             kongtask.WorkerOptions(schema=utils.schema, events=events,
-                                                    concurrency=5))
+    runner = kongtask.Runner(
+        database_url,
+        {"q": _async_record(rec)},
+        kongtask.WorkerOptions(schema=utils.schema, events=events, concurrency=5),
+    )
     original = runner._deliver
 
     def spy(jobs: list[Any]) -> None:
@@ -200,15 +209,17 @@ async def test_forbidden_flags_list_and_callable(database_url: str, utils: Worke
     await utils.add_job("f", {"n": "red"}, flags=["red"])
     await utils.add_job("f", {"n": "blue"}, flags=["blue"])
     rec = Recorder()
-    await kongtask.run_once(database_url, {"f": _async_record(rec)}, schema=utils.schema,
-                            forbidden_flags=["red"])
+    await kongtask.run_once(
+        database_url, {"f": _async_record(rec)}, schema=utils.schema, forbidden_flags=["red"]
+    )
     assert sorted(c["n"] for c in rec.calls) == ["blue", "plain"]
 
     async def forbid() -> list[str]:
         return ["nothing-matches"]
 
-    await kongtask.run_once(database_url, {"f": _async_record(rec)}, schema=utils.schema,
-                            forbidden_flags=forbid)
+    await kongtask.run_once(
+        database_url, {"f": _async_record(rec)}, schema=utils.schema, forbidden_flags=forbid
+    )
     assert sorted(c["n"] for c in rec.calls) == ["blue", "plain", "red"]
 
 
@@ -222,8 +233,9 @@ async def test_scheduled_job_starts_on_time_not_at_poll(
         started.append(datetime.now(timezone.utc))
         rec.record(payload)
 
-    runner = await kongtask.run(database_url, {"later": handler}, schema=utils.schema,
-                                poll_interval=10)
+    runner = await kongtask.run(
+        database_url, {"later": handler}, schema=utils.schema, poll_interval=10
+    )
     try:
         run_at = datetime.now(timezone.utc) + timedelta(seconds=1.5)
         await utils.add_job("later", run_at=run_at)
@@ -236,8 +248,9 @@ async def test_scheduled_job_starts_on_time_not_at_poll(
 
 async def test_notification_wakes_idle_pool(database_url: str, utils: WorkerUtils) -> None:
     rec = Recorder()
-    runner = await kongtask.run(database_url, {"n": _async_record(rec)}, schema=utils.schema,
-                                poll_interval=30)
+    runner = await kongtask.run(
+        database_url, {"n": _async_record(rec)}, schema=utils.schema, poll_interval=30
+    )
     try:
         await utils.add_job("n", {"k": 1})
         await rec.wait_for(1, timeout=5)  # far below the 30 s poll interval
@@ -288,8 +301,14 @@ async def test_helpers_job_and_add_job(database_url: str, utils: WorkerUtils) ->
 
     async def first(payload: Any, helpers: kongtask.Helpers) -> None:
         job = helpers.job
-        seen.update(id=job.id, task=job.task_identifier, attempts=job.attempts,
-                    queue=job.queue_name, key=job.key, priority=job.priority)
+        seen.update(
+            id=job.id,
+            task=job.task_identifier,
+            attempts=job.attempts,
+            queue=job.queue_name,
+            key=job.key,
+            priority=job.priority,
+        )
         helpers.logger.info("adding follow-up")
         await helpers.add_job("second", {"from": job.id})
         seen["one"] = await helpers.with_pg_client(lambda c: c.fetchval("select 1"))
@@ -298,14 +317,22 @@ async def test_helpers_job_and_add_job(database_url: str, utils: WorkerUtils) ->
         rec.record(payload)
 
     job = await utils.add_job("first", queue_name="hq", job_key="jk", priority=2)
-    runner = await kongtask.run(database_url, {"first": first, "second": second},
-                                schema=utils.schema)
+    runner = await kongtask.run(
+        database_url, {"first": first, "second": second}, schema=utils.schema
+    )
     try:
         await rec.wait_for(1)
     finally:
         await runner.stop()
-    assert seen == {"id": job.id, "task": "first", "attempts": 1, "queue": "hq", "key": "jk",
-                    "priority": 2, "one": 1}
+    assert seen == {
+        "id": job.id,
+        "task": "first",
+        "attempts": 1,
+        "queue": "hq",
+        "key": "jk",
+        "priority": 2,
+        "one": 1,
+    }
     assert rec.calls == [{"from": job.id}]
 
 
@@ -320,8 +347,9 @@ async def test_graceful_shutdown_finishes_running_jobs_and_returns_queued(
         started.record(payload["i"])
         await release.wait()
 
-    runner = await kongtask.run(database_url, {"slow": slow}, schema=utils.schema,
-                                concurrency=2, local_queue_size=10)
+    runner = await kongtask.run(
+        database_url, {"slow": slow}, schema=utils.schema, concurrency=2, local_queue_size=10
+    )
     await started.wait_for(2)
     stopping = asyncio.create_task(runner.stop())
     await asyncio.sleep(0.05)  # let stop() return the unstarted jobs first
@@ -347,8 +375,7 @@ async def test_forceful_shutdown_fails_running_jobs_so_they_retry(
         finally:
             aborted.append(helpers.abort_signal.is_set())
 
-    runner = await kongtask.run(database_url, {"stuck": stuck}, schema=utils.schema,
-                                concurrency=3)
+    runner = await kongtask.run(database_url, {"stuck": stuck}, schema=utils.schema, concurrency=3)
     await started.wait_for(3)
     await runner.kill()
     rows = await _jobs(conn, utils.schema)
@@ -383,12 +410,18 @@ async def test_listener_reconnects_after_backend_is_killed(
     connected = Recorder()
     events = kongtask.EventEmitter()
     events.on("pool:listen:success", lambda _: connected.record(1))
-    runner = await kongtask.run(database_url, {"n": _async_record(rec)}, schema=utils.schema,
-                                poll_interval=60, events=events)
+    runner = await kongtask.run(
+        database_url,
+        {"n": _async_record(rec)},
+        schema=utils.schema,
+        poll_interval=60,
+        events=events,
+    )
     try:
         killed = await conn.fetchval(
             "select count(pg_terminate_backend(pid)) from pg_stat_activity "
-            "where query like 'LISTEN%' and pid <> pg_backend_pid() and datname = current_database()"
+            "where query like 'LISTEN%' and pid <> pg_backend_pid() "
+            "and datname = current_database()"
         )
         assert killed >= 1
         await connected.wait_for(2, timeout=10)
@@ -424,7 +457,11 @@ async def test_killed_worker_connections_lose_no_job(
 
     unique = Recorder()
     runner = await kongtask.run(
-        database_url, {"k": handler}, schema=utils.schema, concurrency=8, poll_interval=0.2,
+        database_url,
+        {"k": handler},
+        schema=utils.schema,
+        concurrency=8,
+        poll_interval=0.2,
         connect_kwargs={"server_settings": {"application_name": "kongtask-test-victim"}},
     )
     kills = asyncio.create_task(killer())
@@ -433,9 +470,9 @@ async def test_killed_worker_connections_lose_no_job(
         await unique.wait_for(n, timeout=60)
     finally:
         await runner.stop()
-    assert await conn.fetchval(
-        f"select count(*) from {quote_ident(utils.schema)}._private_jobs"
-    ) == 0
+    assert (
+        await conn.fetchval(f"select count(*) from {quote_ident(utils.schema)}._private_jobs") == 0
+    )
     assert set(counts) == set(range(n))  # every job ran at least once
     assert await _locked_rows(conn, utils.schema) == 0
 
@@ -460,7 +497,9 @@ async def test_two_pools_run_each_job_exactly_once(
     finally:
         await asyncio.gather(a.stop(), b.stop())
     assert len(counts) == n and max(counts.values()) == 1
-    assert await conn.fetchval(f"select count(*) from {quote_ident(utils.schema)}._private_jobs") == 0
+    assert (
+        await conn.fetchval(f"select count(*) from {quote_ident(utils.schema)}._private_jobs") == 0
+    )
 
 
 async def test_job_key_replace_against_running_pool(
@@ -520,8 +559,9 @@ async def test_listener_that_raises_never_breaks_the_pool(
     events.on("job:success", bad_listener)
     await utils.add_job("e")
     rec = Recorder()
-    await kongtask.run_once(database_url, {"e": _async_record(rec)}, schema=utils.schema,
-                            events=events)
+    await kongtask.run_once(
+        database_url, {"e": _async_record(rec)}, schema=utils.schema, events=events
+    )
     assert len(rec.calls) == 1
     with pytest.raises(ValueError, match="unknown event"):
         events.on("job:started", bad_listener)
