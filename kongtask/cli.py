@@ -104,6 +104,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-pool-size", type=_positive_int, metavar="N")
     run.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="S")
     run.add_argument("--forbidden-flag", action="append", default=[], metavar="FLAG")
+    run.add_argument(
+        "--job-timeout",
+        type=float,
+        metavar="S",
+        help="fail (and retry) jobs running longer than this",
+    )
+    run.add_argument("--heartbeat-interval", type=float, default=5.0, metavar="S")
+    run.add_argument(
+        "--dead-worker-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="free the jobs of pools silent for this long",
+    )
 
     mig = commands.add_parser("migrate", help="install or check the schema")
     _add_connection_args(mig)
@@ -158,6 +172,9 @@ async def _cmd_run(args: argparse.Namespace) -> int:
         max_pool_size=args.max_pool_size,
         shutdown_timeout=args.shutdown_timeout,
         forbidden_flags=args.forbidden_flag or None,
+        job_timeout=args.job_timeout,
+        heartbeat_interval=args.heartbeat_interval,
+        dead_worker_timeout=args.dead_worker_timeout,
         handle_signals=True,
     )
     runner = Runner(dsn, tasks, options, once=args.once)

@@ -56,3 +56,7 @@ class ConfigError(KongtaskError):
 
 class TaskLoadError(KongtaskError):
     """A task module or directory could not be loaded."""
+
+
+class JobTimeout(KongtaskError, TimeoutError):
+    """A handler ran longer than its task's timeout; the job fails and retries."""

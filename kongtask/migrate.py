@@ -26,6 +26,15 @@ from .errors import SchemaTooNew, SchemaTooOld
 LATEST_MIGRATION = 19
 #: Migrations graphile-worker marks as breaking: older workers must stop.
 BREAKING_MIGRATIONS = (1, 3, 11, 13, 14, 16, 19)
+#: kongtask's own track (objects graphile-worker never touches), applied in order.
+KONGTASK_MIGRATIONS = ("kongtask_0001_workers.sql",)
+#: Objects of kongtask's track; everything else in the schema is graphile-worker's.
+KONGTASK_OBJECTS = (
+    "_kongtask_migrations",
+    "_kongtask_migrations_pkey",
+    "_kongtask_workers",
+    "_kongtask_workers_pkey",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,11 +44,12 @@ class MigrationResult:
     schema: str
     installed: bool
     version: int
+    kongtask_version: int = len(KONGTASK_MIGRATIONS)
 
 
-def schema_sql(schema: str) -> str:
-    """The baseline DDL with the schema name substituted as a quoted identifier."""
-    template = resources.files("kongtask.sql").joinpath("schema_0_17.sql").read_text("utf-8")
+def schema_sql(schema: str, filename: str = "schema_0_17.sql") -> str:
+    """A DDL file with the schema name substituted as a quoted identifier."""
+    template = resources.files("kongtask.sql").joinpath(filename).read_text("utf-8")
     quoted = quote_ident(schema)
     tag = "$kongtask$"
     counter = 0
@@ -108,6 +118,7 @@ async def migrate(conn: asyncpg.Connection, schema: str = "graphile_worker") -> 
         version = await read_version(conn, schema)
         if version is not None:
             check_version(schema, version)
+            await _migrate_kongtask_track(conn, schema)
             return MigrationResult(schema=schema, installed=False, version=version[0])
         await conn.execute(f"create schema if not exists {quoted}")
         await conn.execute(schema_sql(schema))
@@ -117,4 +128,33 @@ async def migrate(conn: asyncpg.Connection, schema: str = "graphile_worker") -> 
             list(BREAKING_MIGRATIONS),
             LATEST_MIGRATION,
         )
+        await _migrate_kongtask_track(conn, schema)
     return MigrationResult(schema=schema, installed=True, version=LATEST_MIGRATION)
+
+
+async def _migrate_kongtask_track(conn: asyncpg.Connection, schema: str) -> None:
+    """Apply kongtask's own migrations that are missing (inside the caller's transaction).
+
+    A database migrated by a newer kongtask may hold numbers we do not know;
+    those only ever add objects, so an older kongtask keeps working without them.
+    """
+    quoted = quote_ident(schema)
+    await conn.execute(
+        f"create table if not exists {quoted}._kongtask_migrations ("
+        "id integer not null primary key, ts timestamp with time zone not null default now())"
+    )
+    applied = {row[0] for row in await conn.fetch(f"select id from {quoted}._kongtask_migrations")}
+    for number, filename in enumerate(KONGTASK_MIGRATIONS, start=1):
+        if number in applied:
+            continue
+        await conn.execute(schema_sql(schema, filename))
+        await conn.execute(f"insert into {quoted}._kongtask_migrations (id) values ($1)", number)
+
+
+async def has_kongtask_track(conn: asyncpg.Connection, schema: str) -> bool:
+    """Whether the heartbeat table exists (a schema migrated only by graphile-worker lacks it)."""
+    return bool(
+        await conn.fetchval(
+            "select to_regclass($1) is not null", f"{quote_ident(schema)}._kongtask_workers"
+        )
+    )

@@ -322,6 +322,66 @@ with j as (
 )
 select (select count(*) from j) + (select count(*) from q)"""
 
+    # ------------------------------------------------------------- heartbeats
+    @cached_property
+    def heartbeat(self) -> str:
+        """Say this pool is alive ($1 worker id, $2 host, $3 pid) and keep the
+        locks of its long-running jobs ($4 ids) younger than the 4-hour rule,
+        so neither kongtask's nor graphile-worker's stale-lock sweep frees them."""
+        s = self.s
+        return f"""
+with me as (
+  insert into {s}._kongtask_workers as w (worker_id, hostname, pid)
+  values ($1::text, $2::text, $3::int)
+  on conflict (worker_id) do update set last_seen = now()
+  returning 1
+), fresh as (
+  update {s}._private_jobs as jobs set locked_at = now()
+  where jobs.id = any($4::bigint[]) and jobs.locked_by = $1::text
+    and jobs.locked_at < now() - interval '1 hour'
+  returning jobs.job_queue_id
+)
+update {s}._private_job_queues as job_queues set locked_at = now()
+from fresh
+where job_queues.id = fresh.job_queue_id and job_queues.locked_by = $1::text"""
+
+    @cached_property
+    def recover_dead_workers(self) -> str:
+        """Free the jobs and queues of pools silent for more than $1 seconds.
+
+        The interrupted run already counted as an attempt (attempts rise when a
+        job is fetched), so the job is simply unlocked with a note in
+        ``last_error``; the dead pool's row is deleted in the same statement,
+        so concurrent sweepers recover each pool once.
+        """
+        s = self.s
+        return f"""
+with dead as (
+  delete from {s}._kongtask_workers as w
+  where w.last_seen < now() - $1::float8 * interval '1 second'
+  returning w.worker_id
+), jobs_freed as (
+  update {s}._private_jobs as jobs
+  set locked_at = null, locked_by = null, updated_at = now(),
+      last_error = 'Worker ' || jobs.locked_by || ' stopped heartbeating while holding this job'
+  from dead
+  where jobs.locked_by = dead.worker_id
+  returning jobs.id
+), queues_freed as (
+  update {s}._private_job_queues as job_queues
+  set locked_at = null, locked_by = null
+  from dead
+  where job_queues.locked_by = dead.worker_id
+  returning job_queues.id
+)
+select
+  coalesce((select array_agg(worker_id) from dead), '{{}}'::text[]) as workers,
+  (select count(*) from jobs_freed) as jobs"""
+
+    @cached_property
+    def forget_worker(self) -> str:
+        return f"delete from {self.s}._kongtask_workers where worker_id = $1::text"
+
     @cached_property
     def next_run_at(self) -> str:
         """Seconds until the earliest future job of these tasks is due (for the timer).

@@ -28,29 +28,36 @@ class TaskList(Mapping[str, Handler]):
     def __init__(self, tasks: Mapping[str, Handler] | None = None) -> None:
         self._handlers: dict[str, Handler] = {}
         self._is_async: dict[str, bool] = {}
+        self._timeouts: dict[str, float | None] = {}
         for name, handler in (tasks or {}).items():
             self.add(name, handler)
 
-    def add(self, name: str, handler: Handler) -> None:
-        """Register ``handler`` under ``name``; a name may only be taken once."""
+    def add(self, name: str, handler: Handler, *, timeout: float | None = None) -> None:
+        """Register ``handler`` under ``name``; a name may only be taken once.
+
+        ``timeout`` (seconds) overrides the pool's ``job_timeout`` for this task.
+        """
         if not isinstance(name, str) or not name or len(name) > 128:
             raise TaskLoadError(f"task name must be a string of 1..128 characters, got {name!r}")
         if not callable(handler):
             raise TaskLoadError(f"task {name!r}: handler {handler!r} is not callable")
         if name in self._handlers:
             raise TaskLoadError(f"task {name!r} is registered twice")
+        if timeout is not None and not timeout > 0:
+            raise TaskLoadError(f"task {name!r}: timeout must be > 0 seconds, got {timeout!r}")
         self._handlers[name] = handler
+        self._timeouts[name] = timeout
         # A callable object counts as async when its __call__ is a coroutine function.
         call = vars(type(handler)).get("__call__")
         self._is_async[name] = inspect.iscoroutinefunction(handler) or (
             not inspect.isfunction(handler) and inspect.iscoroutinefunction(call)
         )
 
-    def task(self, name: str) -> Callable[[Handler], Handler]:
-        """Decorator: ``@tasks.task("send_email")``."""
+    def task(self, name: str, *, timeout: float | None = None) -> Callable[[Handler], Handler]:
+        """Decorator: ``@tasks.task("send_email", timeout=30)``."""
 
         def register(handler: Handler) -> Handler:
-            self.add(name, handler)
+            self.add(name, handler, timeout=timeout)
             return handler
 
         return register
@@ -58,6 +65,10 @@ class TaskList(Mapping[str, Handler]):
     def is_async(self, name: str) -> bool:
         """Whether the handler is a coroutine function (decided once, at registration)."""
         return self._is_async[name]
+
+    def timeout(self, name: str) -> float | None:
+        """This task's own timeout in seconds, or None to use the pool's default."""
+        return self._timeouts[name]
 
     def __getitem__(self, name: str) -> Handler:
         return self._handlers[name]

@@ -19,8 +19,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
 import secrets
 import signal
+import socket
 import traceback
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -36,7 +38,7 @@ from .client import WorkerUtils
 from .completion import Completer
 from .config import resolve_schema
 from .db import create_pool, mask_dsn, resolve_dsn
-from .errors import ConfigError, SchemaTooNew
+from .errors import ConfigError, JobTimeout, SchemaTooNew
 from .events import EventEmitter
 from .helpers import Helpers
 from .listener import Listener
@@ -76,6 +78,9 @@ class WorkerOptions:
     prepared_statements: bool = True
     max_pool_size: int | None = None
     shutdown_timeout: float = 30.0
+    job_timeout: float | None = None
+    heartbeat_interval: float = 5.0
+    dead_worker_timeout: float = 30.0
     handle_signals: bool = False
     events: EventEmitter | None = None
     logger: logging.Logger | None = None
@@ -96,6 +101,15 @@ class WorkerOptions:
             raise ConfigError("complete_batch_delay: must be >= 0")
         if self.shutdown_timeout < 0:
             raise ConfigError("shutdown_timeout: must be >= 0")
+        if self.job_timeout is not None and self.job_timeout <= 0:
+            raise ConfigError(f"job_timeout: must be > 0 or None, got {self.job_timeout}")
+        if self.heartbeat_interval <= 0:
+            raise ConfigError("heartbeat_interval: must be > 0")
+        if self.dead_worker_timeout <= 2 * self.heartbeat_interval:
+            raise ConfigError(
+                "dead_worker_timeout: must exceed twice heartbeat_interval, or live pools "
+                "would be declared dead"
+            )
 
 
 def format_error(exc: BaseException) -> str:
@@ -152,6 +166,8 @@ class Runner:
         self._changed = True  # something may have moved the earliest future run_at
         self._fetching = False
         self._need_reclaim = False  # a fetch failed: we may hold jobs we never received
+        self._heartbeats = False
+        self._timeouts: dict[str, float | None] = {}
         self._fetch_sql = {
             False: self.queries.fetch_jobs(with_flags=False),
             True: self.queries.fetch_jobs(with_flags=True),
@@ -199,6 +215,15 @@ class Runner:
                     await _migrate.ensure_compatible(conn, self.schema)
                 await self._register_tasks(conn)
                 await conn.fetchval(self.queries.sweep_stale_locks)
+                self._heartbeats = await _migrate.has_kongtask_track(conn, self.schema)
+                if self._heartbeats:
+                    await conn.execute(self.queries.heartbeat, *self._heartbeat_args())
+                else:
+                    self.log.warning(
+                        "schema %r lacks kongtask's heartbeat table (run `kongtask migrate`); "
+                        "crashed workers' jobs will only be freed after 4 hours",
+                        self.schema,
+                    )
         except BaseException:
             await self._close_pool()
             raise
@@ -233,6 +258,8 @@ class Runner:
         self._background.append(loop.create_task(self._fetch_loop()))
         if not self._once:
             self._background.append(loop.create_task(self._poll_loop()))
+            if self._heartbeats:
+                self._background.append(loop.create_task(self._heartbeat_loop()))
         for task in self._background:
             task.add_done_callback(self._background_done)
         if opts.handle_signals:
@@ -265,6 +292,8 @@ class Runner:
         self._task_ids = [by_name[name] for name in names]
         self._handlers = {name: self.tasks[name] for name in names}
         self._is_async = {name: self.tasks.is_async(name) for name in names}
+        default = self.options.job_timeout
+        self._timeouts = {name: self.tasks.timeout(name) or default for name in names}
 
     async def wait(self) -> int:
         """Until the pool has stopped; returns its exit code (0, or 57 for a newer schema)."""
@@ -362,6 +391,8 @@ class Runner:
                 await asyncio.wait_for(self._completer.drain(), timeout=max(timeout, 10.0))
             if self._pool is not None:
                 await self._pool.execute(self.queries.release_worker, [self.worker_id])
+                if self._heartbeats:
+                    await self._pool.execute(self.queries.forget_worker, self.worker_id)
         except (*_DB_ERRORS, asyncio.TimeoutError) as exc:
             error = exc
             self.log.error(
@@ -459,6 +490,41 @@ class Runner:
                 else:
                     if freed:
                         self.log.warning("freed %d lock(s) older than 4 hours", freed)
+
+    def _heartbeat_args(self) -> tuple[str, str, int, list[int]]:
+        return (self.worker_id, socket.gethostname(), os.getpid(), list(self._running))
+
+    async def _heartbeat_loop(self) -> None:
+        """Stay visibly alive, and free the jobs of pools that are not.
+
+        Logs once when heartbeats start failing and once when they recover
+        (a database outage must not flood the log).
+        """
+        assert self._pool is not None
+        interval = self.options.heartbeat_interval
+        failing = False
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._pool.execute(self.queries.heartbeat, *self._heartbeat_args())
+                row = await self._pool.fetchrow(
+                    self.queries.recover_dead_workers, self.options.dead_worker_timeout
+                )
+            except _DB_ERRORS as exc:
+                if not failing:
+                    failing = True
+                    self.log.warning("heartbeat failed (%s); retrying", exc)
+                continue
+            if failing:
+                failing = False
+                self.log.warning("heartbeat works again")
+            if row is not None and row["workers"]:
+                self.log.warning(
+                    "freed %d job(s) of worker(s) %s that stopped heartbeating",
+                    row["jobs"],
+                    ", ".join(row["workers"]),
+                )
+                self.nudge()
 
     # ----------------------------------------------------------------- fetch
     async def _forbidden_flags(self) -> list[str] | None:
@@ -604,6 +670,7 @@ class Runner:
         running = self._running
         handlers = self._handlers
         is_async = self._is_async
+        timeouts = self._timeouts
         events = self.events
         loop = asyncio.get_running_loop()
         while True:
@@ -618,12 +685,17 @@ class Runner:
                 if events.has("job:start"):
                     events.emit("job:start", {"job": job, "worker_id": self.worker_id})
                 name = job.task_identifier
+                limit = timeouts[name]
                 if is_async[name]:
-                    result = await handlers[name](job.payload, helpers)
+                    call = handlers[name](job.payload, helpers)
                 else:
-                    result = await loop.run_in_executor(None, handlers[name], job.payload, helpers)
-                    if inspect.isawaitable(result):
-                        result = await result
+                    call = loop.run_in_executor(None, handlers[name], job.payload, helpers)
+                if limit is None:
+                    result = await call
+                else:
+                    result = await _with_timeout(call, limit, name)
+                if inspect.isawaitable(result):
+                    result = await result
                 replacement = None
                 if isinstance(job.payload, list) and isinstance(result, list):
                     replacement = await self._batch_failures(job, result)
@@ -702,6 +774,18 @@ class Runner:
             events.emit("job:failed", {"job": job, "error": exc, "message": message})
         if events.has("job:complete"):
             events.emit("job:complete", {"job": job, "error": exc or message})
+
+
+async def _with_timeout(call: Awaitable[Any], limit: float, task: str) -> Any:
+    """Await a handler for at most ``limit`` seconds, failing it with JobTimeout.
+
+    A sync handler's thread cannot be interrupted: the job is failed (and will
+    retry) while the thread runs on; document-worthy, not fixable in Python.
+    """
+    try:
+        return await asyncio.wait_for(call, limit)
+    except asyncio.TimeoutError:
+        raise JobTimeout(f"task {task!r} exceeded its timeout of {limit:g}s") from None
 
 
 def _pool_dsn(pool: asyncpg.Pool) -> str | None:

@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from kongtask import WorkerUtils
-from kongtask.migrate import BREAKING_MIGRATIONS, LATEST_MIGRATION
+from kongtask.migrate import BREAKING_MIGRATIONS, KONGTASK_OBJECTS, LATEST_MIGRATION
 
 from .catalog import describe_schema
 from .conftest import drop_schema
@@ -19,6 +19,25 @@ REFERENCE = Path(__file__).parent / "data" / "graphile_worker_0_17_3_schema.json
 
 def _reference() -> dict:
     return json.loads(REFERENCE.read_text())
+
+
+def _split_kongtask_objects(description: dict) -> set[str]:
+    """Remove kongtask-only objects from ``description``; return their names."""
+    names: set[str] = set()
+    for section, key in (
+        ("relations", "name"),
+        ("columns", "rel"),
+        ("constraints", "rel"),
+        ("indexes", "name"),
+    ):
+        kept = []
+        for entry in description[section]:
+            if entry[key].startswith("_kongtask_"):
+                names.add(entry.get("name") if section != "columns" else entry["rel"])
+            else:
+                kept.append(entry)
+        description[section] = kept
+    return names
 
 
 @pytest.mark.parametrize(
@@ -45,6 +64,9 @@ async def test_catalog_matches_graphile_worker(database_url: str, schema_name: s
             await conn.close()
         reference = _reference()
         ours = json.loads(json.dumps(ours, sort_keys=True))
+        extra = _split_kongtask_objects(ours)
+        # kongtask's own objects are exactly these, and graphile-worker never touches them.
+        assert extra == set(KONGTASK_OBJECTS)
         for section in ("relations", "columns", "constraints", "indexes", "functions", "sequences"):
             assert ours[section] == reference[section], section
         assert ours_migrations == reference["migrations"]
