@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import asyncpg
 
+from .held import HeldConnection
 from .queries import Queries
 
 log = logging.getLogger("kongtask.worker")
@@ -36,7 +37,7 @@ class Completer:
         max_batch: int,
         on_flushed: Callable[[], None],
     ) -> None:
-        self._pool = pool
+        self._conn = HeldConnection(pool)
         self._q = queries
         self._worker_id = worker_id
         self._delay = delay
@@ -120,17 +121,18 @@ class Completer:
                 self._idle.set()
 
     async def _write(self, done: list[int], failed: list[FailEntry]) -> None:
-        async with self._pool.acquire() as conn:
-            if done:
-                await conn.execute(self._q.complete_batch, done, self._worker_id)
-            if failed:
-                ids = [entry[0] for entry in failed]
-                messages = [entry[1] for entry in failed]
-                payloads = [entry[2] for entry in failed]
-                await conn.execute(self._q.fail_batch, ids, messages, payloads, self._worker_id)
+        conn = await self._conn.get()
+        if done:
+            await conn.execute(self._q.complete_batch, done, self._worker_id)
+        if failed:
+            ids = [entry[0] for entry in failed]
+            messages = [entry[1] for entry in failed]
+            payloads = [entry[2] for entry in failed]
+            await conn.execute(self._q.fail_batch, ids, messages, payloads, self._worker_id)
 
     async def drain(self) -> None:
-        """Write everything buffered now, and wait until it is written."""
+        """Write everything buffered now, wait until it is written, let go of the connection."""
         if self._done or self._failed:
             self._start_flush()
         await self._idle.wait()
+        await self._conn.release()

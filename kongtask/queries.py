@@ -201,7 +201,7 @@ with candidates as (
       )
     )
     {flags}
-  order by jobs.priority, jobs.run_at, jobs.id
+  order by jobs.priority, jobs.run_at
   limit $3::int
   for update skip locked
 ),

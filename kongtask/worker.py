@@ -40,6 +40,7 @@ from .config import resolve_schema
 from .db import create_pool, mask_dsn, resolve_dsn
 from .errors import ConfigError, JobTimeout, SchemaTooNew
 from .events import EventEmitter
+from .held import HeldConnection
 from .helpers import Helpers
 from .listener import Listener
 from .queries import Queries
@@ -61,6 +62,7 @@ _DB_ERRORS = (
 )
 _TRACEBACK_FRAMES = 5
 _STALE_LOCK_SWEEP_INTERVAL = 600.0
+_YIELD_EVERY = 16
 SHUTDOWN_MESSAGE = "Worker was forcefully shut down while running this job"
 
 
@@ -167,6 +169,7 @@ class Runner:
         self._fetching = False
         self._need_reclaim = False  # a fetch failed: we may hold jobs we never received
         self._heartbeats = False
+        self._streak = 0  # jobs handed out since the slots last yielded to the loop
         self._timeouts: dict[str, float | None] = {}
         self._fetch_sql = {
             False: self.queries.fetch_jobs(with_flags=False),
@@ -540,7 +543,13 @@ class Runner:
 
     async def _fetch_loop(self) -> None:
         assert self._pool is not None
-        pool = self._pool
+        held = HeldConnection(self._pool)
+        try:
+            await self._fetch_forever(held)
+        finally:
+            await held.release()
+
+    async def _fetch_forever(self, held: HeldConnection) -> None:
         delay = 0.05
         failing = False
         while not self._stopping:
@@ -562,14 +571,16 @@ class Runner:
                 args: list[Any] = [self.worker_id, self._task_ids, batch, self._task_names]
                 if flags:
                     args.append(flags)
-                rows = await pool.fetch(sql, *args)
+                conn = await held.get()
+                rows = await conn.fetch(sql, *args)
                 next_due = None
                 if len(rows) < batch and (self._changed or not rows):
-                    next_due = await pool.fetchval(self.queries.next_run_at, self._task_ids)
+                    next_due = await conn.fetchval(self.queries.next_run_at, self._task_ids)
             except asyncio.CancelledError:
                 raise
             except _DB_ERRORS as exc:
                 self._fetching = False
+                await held.discard()
                 if not failing:
                     failing = True
                     self.log.warning("fetching jobs failed (%s); retrying", exc)
@@ -650,6 +661,13 @@ class Runner:
         local = self._local
         if local:
             job = local.popleft()
+            self._streak += 1
+            if self._streak >= _YIELD_EVERY:
+                # Handlers that never suspend would otherwise run the whole local
+                # queue in one go, starving the fetch and flush that should
+                # overlap with them; a periodic loop turn lets both proceed.
+                self._streak = 0
+                await asyncio.sleep(0)
         else:
             if self._stopping:
                 return None
@@ -694,10 +712,10 @@ class Runner:
                     result = await call
                 else:
                     result = await _with_timeout(call, limit, name)
-                if inspect.isawaitable(result):
+                if result is not None and inspect.isawaitable(result):
                     result = await result
                 replacement = None
-                if isinstance(job.payload, list) and isinstance(result, list):
+                if result.__class__ is list and isinstance(job.payload, list):
                     replacement = await self._batch_failures(job, result)
             except asyncio.CancelledError:
                 del running[job.id]
