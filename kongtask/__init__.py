@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as _version
-
 from ._core import IMPLEMENTATION
+from ._version import __version__
 from .client import CLEANUP_TASKS, Job, JobSpec, WorkerUtils, quick_add_job
 from .errors import (
     ConfigError,
@@ -22,11 +20,6 @@ from .helpers import Helpers
 from .migrate import MigrationResult
 from .tasks import TaskList, load_tasks
 from .worker import Runner, WorkerOptions, run, run_once
-
-try:
-    __version__ = _version("kongtask")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+unknown"
 
 __all__ = [
     "CLEANUP_TASKS",

@@ -15,7 +15,7 @@ kongtask accepts the database.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import resources
+from pathlib import Path
 
 import asyncpg
 
@@ -49,7 +49,9 @@ class MigrationResult:
 
 def schema_sql(schema: str, filename: str = "schema_0_17.sql") -> str:
     """A DDL file with the schema name substituted as a quoted identifier."""
-    template = resources.files("kongtask.sql").joinpath(filename).read_text("utf-8")
+    # A plain path: the sql/ folder ships inside the package, and importing
+    # importlib.resources would cost start-up time for nothing.
+    template = (Path(__file__).parent / "sql" / filename).read_text("utf-8")
     quoted = quote_ident(schema)
     tag = "$kongtask$"
     counter = 0
@@ -111,6 +113,11 @@ async def migrate(conn: asyncpg.Connection, schema: str = "graphile_worker") -> 
     on *other* schemas of the same database.
     """
     quoted = quote_ident(schema)
+    current = await _installed_versions(conn, schema)
+    if current is not None and current[1] >= len(KONGTASK_MIGRATIONS):
+        # Fast path for every start of an installed schema: two reads, no lock.
+        check_version(schema, current[0])
+        return MigrationResult(schema=schema, installed=False, version=current[0][0])
     async with conn.transaction():
         await conn.execute(
             "select pg_advisory_xact_lock(hashtext($1))", "kongtask:migrate:" + schema
@@ -130,6 +137,32 @@ async def migrate(conn: asyncpg.Connection, schema: str = "graphile_worker") -> 
         )
         await _migrate_kongtask_track(conn, schema)
     return MigrationResult(schema=schema, installed=True, version=LATEST_MIGRATION)
+
+
+async def _installed_versions(
+    conn: asyncpg.Connection, schema: str
+) -> tuple[tuple[int, int], int] | None:
+    """((latest, latest_breaking), kongtask track version), or None when graphile-worker's
+    part is missing; the track version is 0 when kongtask's table is missing."""
+    quoted = quote_ident(schema)
+    row = await conn.fetchrow(
+        "select to_regclass($1) is not null as gw, to_regclass($2) is not null as kt",
+        f"{quoted}.migrations",
+        f"{quoted}._kongtask_migrations",
+    )
+    assert row is not None
+    if not row["gw"]:
+        return None
+    track = (
+        f"(select coalesce(max(id), 0) from {quoted}._kongtask_migrations)" if row["kt"] else "0"
+    )
+    versions = await conn.fetchrow(
+        f"select coalesce(max(id), 0) as latest, "
+        f"coalesce(max(id) filter (where breaking), 0) as breaking, {track} as track "
+        f"from {quoted}.migrations"
+    )
+    assert versions is not None
+    return (int(versions["latest"]), int(versions["breaking"])), int(versions["track"])
 
 
 async def _migrate_kongtask_track(conn: asyncpg.Connection, schema: str) -> None:

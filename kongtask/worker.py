@@ -198,38 +198,61 @@ class Runner:
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> Runner:
-        """Connect, check the schema, register tasks, start listening and fetching."""
+        """Connect, check the schema, register tasks, start listening and fetching.
+
+        The LISTEN connection opens while the pool connects and the schema is
+        checked, and housekeeping (stale-lock sweep, first heartbeat) runs in
+        the background, so a pool is ready after a handful of round trips.
+        """
         loop = self._loop = asyncio.get_running_loop()
         opts = self.options
-        if self._pool is None:
-            self._pool = await create_pool(
-                self._dsn,
-                min_size=1,
-                max_size=opts.max_pool_size or max(4, min(opts.concurrency, 20)),
-                prepared_statements=opts.prepared_statements,
-                **opts.connect_kwargs,
+        listening: asyncio.Task[None] | None = None
+        if not self._once:
+            connect_kwargs = dict(opts.connect_kwargs)
+            if not opts.prepared_statements:
+                connect_kwargs.setdefault("statement_cache_size", 0)
+            self._listener = Listener(
+                self._dsn if self._given_pool is None else _pool_dsn(self._given_pool),
+                connect_kwargs,
+                self.events,
+                on_insert=self._on_insert,
+                on_migrate=self._on_migrate,
+                on_connected=self.nudge,
             )
-        pool = self._pool
+            listening = loop.create_task(self._listener.start())
         try:
-            async with pool.acquire() as conn:
+            if self._pool is None:
+                self._pool = await create_pool(
+                    self._dsn,
+                    min_size=1,
+                    max_size=opts.max_pool_size or max(4, min(opts.concurrency, 20)),
+                    prepared_statements=opts.prepared_statements,
+                    **opts.connect_kwargs,
+                )
+            async with self._pool.acquire() as conn:
                 if opts.migrate:
                     await _migrate.migrate(conn, self.schema)
                 else:
                     await _migrate.ensure_compatible(conn, self.schema)
-                await self._register_tasks(conn)
-                await conn.fetchval(self.queries.sweep_stale_locks)
                 self._heartbeats = await _migrate.has_kongtask_track(conn, self.schema)
-                if self._heartbeats:
-                    await conn.execute(self.queries.heartbeat, *self._heartbeat_args())
-                else:
-                    self.log.warning(
-                        "schema %r lacks kongtask's heartbeat table (run `kongtask migrate`); "
-                        "crashed workers' jobs will only be freed after 4 hours",
-                        self.schema,
-                    )
+                await self._register_tasks(conn)
+            if listening is not None:
+                await listening
         except BaseException:
+            if listening is not None:
+                listening.cancel()
+                await asyncio.gather(listening, return_exceptions=True)
+                assert self._listener is not None
+                await self._listener.stop()
             await self._close_pool()
             raise
+        if not self._heartbeats:
+            self.log.warning(
+                "schema %r lacks kongtask's heartbeat table (run `kongtask migrate`); "
+                "crashed workers' jobs will only be freed after 4 hours",
+                self.schema,
+            )
+        pool = self._pool
         self._utils = WorkerUtils(pool, schema=self.schema)
         self._completer = Completer(
             pool,
@@ -240,23 +263,6 @@ class Runner:
             on_flushed=self._after_flush,
         )
         self.events.emit("pool:create", {"worker_id": self.worker_id, "runner": self})
-        if not self._once:
-            connect_kwargs = dict(opts.connect_kwargs)
-            if not opts.prepared_statements:
-                connect_kwargs.setdefault("statement_cache_size", 0)
-            self._listener = Listener(
-                self._dsn if self._given_pool is None else _pool_dsn(pool),
-                connect_kwargs,
-                self.events,
-                on_insert=self._on_insert,
-                on_migrate=self._on_migrate,
-                on_connected=self.nudge,
-            )
-            try:
-                await self._listener.start()
-            except BaseException:
-                await self._close_pool()
-                raise
         self._slots = [loop.create_task(self._slot()) for _ in range(self._concurrency)]
         self._background.append(loop.create_task(self._fetch_loop()))
         if not self._once:
@@ -477,13 +483,11 @@ class Runner:
 
     async def _poll_loop(self) -> None:
         interval = self.options.poll_interval
-        since_sweep = 0.0
+        since_sweep = _STALE_LOCK_SWEEP_INTERVAL  # sweep once right after start
         while True:
-            await asyncio.sleep(interval)
             if not self._more:
                 self._changed = True
                 self._wakeup.set()
-            since_sweep += interval
             if since_sweep >= _STALE_LOCK_SWEEP_INTERVAL and self._pool is not None:
                 since_sweep = 0.0
                 try:
@@ -493,6 +497,9 @@ class Runner:
                 else:
                     if freed:
                         self.log.warning("freed %d lock(s) older than 4 hours", freed)
+                        self.nudge()
+            await asyncio.sleep(interval)
+            since_sweep += interval
 
     def _heartbeat_args(self) -> tuple[str, str, int, list[int]]:
         return (self.worker_id, socket.gethostname(), os.getpid(), list(self._running))
@@ -506,8 +513,11 @@ class Runner:
         assert self._pool is not None
         interval = self.options.heartbeat_interval
         failing = False
+        first = True
         while True:
-            await asyncio.sleep(interval)
+            if not first:
+                await asyncio.sleep(interval)
+            first = False
             try:
                 await self._pool.execute(self.queries.heartbeat, *self._heartbeat_args())
                 row = await self._pool.fetchrow(
