@@ -5,6 +5,7 @@ from __future__ import annotations
 from ._core import IMPLEMENTATION
 from ._version import __version__
 from .client import CLEANUP_TASKS, Job, JobSpec, WorkerUtils, quick_add_job
+from .crontab import CronItem, parse_crontab
 from .errors import (
     ConfigError,
     CronSyntaxError,
@@ -25,6 +26,7 @@ __all__ = [
     "CLEANUP_TASKS",
     "IMPLEMENTATION",
     "ConfigError",
+    "CronItem",
     "CronSyntaxError",
     "EventEmitter",
     "Helpers",
@@ -43,6 +45,7 @@ __all__ = [
     "WorkerUtils",
     "__version__",
     "load_tasks",
+    "parse_crontab",
     "quick_add_job",
     "run",
     "run_once",

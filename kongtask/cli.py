@@ -24,7 +24,14 @@ from . import __version__
 from ._core import IMPLEMENTATION
 from .client import WorkerUtils
 from .db import embedded_dsn, mask_dsn, resolve_dsn, scrub
-from .errors import ConfigError, InvalidJobSpec, KongtaskError, SchemaTooNew, TaskLoadError
+from .errors import (
+    ConfigError,
+    CronSyntaxError,
+    InvalidJobSpec,
+    KongtaskError,
+    SchemaTooNew,
+    TaskLoadError,
+)
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -105,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="S")
     run.add_argument("--forbidden-flag", action="append", default=[], metavar="FLAG")
     run.add_argument(
+        "--crontab", metavar="FILE", help="crontab file (default: ./crontab if it exists)"
+    )
+    run.add_argument(
         "--job-timeout",
         type=float,
         metavar="S",
@@ -134,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--max-attempts", type=int)
     add.add_argument("--flag", action="append", dest="flags")
 
+    cron = commands.add_parser("cron", help="crontab tools")
+    cron_commands = cron.add_subparsers(dest="cron_command", required=True)
+    check = cron_commands.add_parser("check", help="parse a crontab; print next five fire times")
+    check.add_argument("file")
+
     commands.add_parser("info", help="version and which implementation is loaded")
     bench = commands.add_parser(
         "bench",
@@ -145,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _cmd_run(args: argparse.Namespace) -> int:
+    from .crontab import load_crontab
     from .tasks import load_tasks
     from .worker import Runner, WorkerOptions
 
@@ -162,7 +178,10 @@ async def _cmd_run(args: argparse.Namespace) -> int:
     if spec is None:
         raise TaskLoadError("no --tasks given and no ./tasks folder here")
     tasks = load_tasks(spec)
+    crontab_file = args.crontab or ("crontab" if Path("crontab").is_file() else None)
+    crontab = load_crontab(crontab_file) if crontab_file else None
     options = WorkerOptions(
+        crontab=crontab,
         concurrency=args.concurrency,
         schema=args.schema,
         poll_interval=args.poll_interval / 1000,
@@ -238,6 +257,12 @@ async def _cmd_add(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _cmd_cron(args: argparse.Namespace) -> int:
+    from .crontab import cron_check_main
+
+    return cron_check_main(args.file)
+
+
 async def _cmd_info(args: argparse.Namespace) -> int:
     from importlib.metadata import version
 
@@ -260,6 +285,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
     "migrate": _cmd_migrate,
     "add": _cmd_add,
     "info": _cmd_info,
+    "cron": _cmd_cron,
 }
 
 
@@ -294,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TaskLoadError as exc:
         log.error("%s", exc)
         return EXIT_TASKS
-    except (InvalidJobSpec, ConfigError) as exc:
+    except (InvalidJobSpec, ConfigError, CronSyntaxError) as exc:
         log.error("%s", exc)
         return EXIT_USAGE
     except ConnectionError as exc:

@@ -25,7 +25,7 @@ import signal
 import socket
 import traceback
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,8 @@ from ._core import decode
 from .client import WorkerUtils
 from .completion import Completer
 from .config import resolve_schema
+from .cron import CronScheduler
+from .crontab import CronItem, as_cron_items
 from .db import create_pool, mask_dsn, resolve_dsn
 from .errors import ConfigError, JobTimeout, SchemaTooNew
 from .events import EventEmitter
@@ -86,7 +88,7 @@ class WorkerOptions:
     handle_signals: bool = False
     events: EventEmitter | None = None
     logger: logging.Logger | None = None
-    crontab: Any = None
+    crontab: str | Sequence[CronItem] | None = None
     worker_id: str | None = None
     migrate: bool = True
     connect_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -192,6 +194,9 @@ class Runner:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._signals_installed: list[int] = []
         self.ready = asyncio.Event()
+        # Parsed now, so a bad crontab fails before anything connects.
+        self._cron_items = as_cron_items(options.crontab)
+        self._cron: CronScheduler | None = None
 
     def __repr__(self) -> str:
         return f"<Runner {self.worker_id} schema={self.schema!r} {mask_dsn(self._dsn)}>"
@@ -238,6 +243,11 @@ class Runner:
                 await self._register_tasks(conn)
             if listening is not None:
                 await listening
+            if self._cron_items:
+                self._cron = CronScheduler(
+                    self._pool, self.schema, self._cron_items, self.events, logger=self.log
+                )
+                await self._cron.start()
         except BaseException:
             if listening is not None:
                 listening.cancel()
@@ -368,6 +378,8 @@ class Runner:
         )
         self._stopping = True
         self._wakeup.set()
+        if self._cron is not None:
+            await self._cron.stop()
         if self._run_at_timer is not None:
             self._run_at_timer.cancel()
         for task in self._background:

@@ -194,3 +194,16 @@ async def test_info_names_the_implementation() -> None:
     from kongtask import IMPLEMENTATION
 
     assert f"implementation: {IMPLEMENTATION}" in out
+
+
+async def test_cron_check_prints_fire_times_and_locates_errors(tmp_path: Path) -> None:
+    good = tmp_path / "crontab"
+    good.write_text("# nightly\n0 4 * * * send_report ?fill=1d {to: 'ops'}\n")
+    code, out, err = await _cli("cron", "check", str(good))
+    assert code == 0, err
+    assert "send_report" in out and out.count(":00") >= 5
+    bad = tmp_path / "bad_crontab"
+    bad.write_text("0 4 * * * ok\n61 * * * * broken\n")
+    code, out, err = await _cli("cron", "check", str(bad))
+    assert code == 2
+    assert ":2:1" in out + err and "minute" in out + err
