@@ -112,16 +112,25 @@ async def migrate(conn: asyncpg.Connection, schema: str = "graphile_worker") -> 
     the channel is not schema-scoped, so the message would only stop pools
     on *other* schemas of the same database.
     """
-    quoted = quote_ident(schema)
     current = await _installed_versions(conn, schema)
     if current is not None and current[1] >= len(KONGTASK_MIGRATIONS):
         # Fast path for every start of an installed schema: two reads, no lock.
         check_version(schema, current[0])
         return MigrationResult(schema=schema, installed=False, version=current[0][0])
+    # A session lock taken before the transaction begins: a transaction that
+    # started before the lock was granted would keep a stale catalog cache
+    # (the fast path's lookups above) and miss the winner's tables.
+    key = "kongtask:migrate:" + schema
+    await conn.execute("select pg_advisory_lock(hashtext($1))", key)
+    try:
+        return await _migrate_locked(conn, schema)
+    finally:
+        await conn.execute("select pg_advisory_unlock(hashtext($1))", key)
+
+
+async def _migrate_locked(conn: asyncpg.Connection, schema: str) -> MigrationResult:
+    quoted = quote_ident(schema)
     async with conn.transaction():
-        await conn.execute(
-            "select pg_advisory_xact_lock(hashtext($1))", "kongtask:migrate:" + schema
-        )
         version = await read_version(conn, schema)
         if version is not None:
             check_version(schema, version)

@@ -302,6 +302,26 @@ from j
 where job_queues.id = j.job_queue_id and job_queues.locked_by = $2::text"""
 
     @cached_property
+    def return_orphans(self) -> str:
+        """Give back every job $1 holds except the ids in $2, undoing their attempt.
+
+        For jobs locked by a fetch whose result never arrived (its connection
+        died after the commit), and at shutdown for anything still held.
+        """
+        s = self.s
+        return f"""
+with j as (
+  update {s}._private_jobs as jobs
+  set attempts = greatest(jobs.attempts - 1, 0), locked_by = null, locked_at = null
+  where jobs.locked_by = $1::text and not (jobs.id = any($2::bigint[]))
+  returning jobs.job_queue_id
+)
+update {s}._private_job_queues as job_queues
+set locked_by = null, locked_at = null
+from j
+where job_queues.id = j.job_queue_id and job_queues.locked_by = $1::text"""
+
+    @cached_property
     def release_worker(self) -> str:
         """Free anything still locked by this worker id (last step of shutdown)."""
         return self.force_unlock_workers

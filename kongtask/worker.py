@@ -382,8 +382,17 @@ class Runner:
             await self._cron.stop()
         if self._run_at_timer is not None:
             self._run_at_timer.cancel()
-        for task in self._background:
+        # The fetch loop exits by itself once it sees _stopping; a fetch in
+        # flight is allowed to finish, so the jobs it locks come back to us
+        # (and are returned below) instead of being left locked in the database.
+        fetcher, *others = self._background or [None]
+        for task in others:
             task.cancel()
+        if fetcher is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(fetcher), timeout=5)
+            except (asyncio.TimeoutError, *_DB_ERRORS):
+                fetcher.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         if self._listener is not None:
             await self._listener.stop()
@@ -394,7 +403,7 @@ class Runner:
                 waiter.set_result(None)
         self._waiters.clear()
         if self._slots and not forceful:
-            _, pending = await asyncio.wait(self._slots, timeout=timeout or None)
+            _, pending = await asyncio.wait(self._slots, timeout=timeout)
             if pending:
                 self.log.warning(
                     "%d job(s) still running after %.1fs; failing them so they retry",
@@ -411,6 +420,9 @@ class Runner:
             if self._completer is not None:
                 await asyncio.wait_for(self._completer.drain(), timeout=max(timeout, 10.0))
             if self._pool is not None:
+                # Nothing runs and every result is written: whatever this worker
+                # id still holds was never started, so its attempt is undone.
+                await self._pool.execute(self.queries.return_orphans, self.worker_id, [])
                 await self._pool.execute(self.queries.release_worker, [self.worker_id])
                 if self._heartbeats:
                     await self._pool.execute(self.queries.forget_worker, self.worker_id)
@@ -645,8 +657,11 @@ class Runner:
         self._run_at_timer = loop.call_at(when, self._on_run_at_timer)
 
     def _deliver(self, jobs: list[Job]) -> None:
-        waiters = self._waiters
         local = self._local
+        if self._stopping:
+            local.extend(jobs)  # returned by the shutdown, never started
+            return
+        waiters = self._waiters
         for job in jobs:
             while waiters:
                 waiter = waiters.popleft()
@@ -667,16 +682,7 @@ class Runner:
         """
         assert self._pool is not None and self._completer is not None
         held = [*self._running, *(job.id for job in self._local), *self._completer.pending_ids()]
-        sql = (
-            f"with j as (update {self.queries.s}._private_jobs as jobs "
-            "set attempts = greatest(jobs.attempts - 1, 0), locked_by = null, locked_at = null "
-            "where jobs.locked_by = $1::text and not (jobs.id = any($2::bigint[])) "
-            "returning jobs.job_queue_id) "
-            f"update {self.queries.s}._private_job_queues as job_queues "
-            "set locked_by = null, locked_at = null from j "
-            "where job_queues.id = j.job_queue_id and job_queues.locked_by = $1::text"
-        )
-        await self._pool.execute(sql, self.worker_id, held)
+        await self._pool.execute(self.queries.return_orphans, self.worker_id, held)
 
     # ----------------------------------------------------------------- slots
     async def _next_job(self) -> Job | None:
