@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from . import __version__
+from . import __version__, inspect_cli
 from ._core import IMPLEMENTATION
 from .client import WorkerUtils
 from .db import embedded_dsn, mask_dsn, resolve_dsn, scrub
@@ -32,6 +32,7 @@ from .errors import (
     SchemaTooNew,
     TaskLoadError,
 )
+from .supervisor import resolve_processes, supervise, without_processes
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -115,6 +116,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--crontab", metavar="FILE", help="crontab file (default: ./crontab if it exists)"
     )
     run.add_argument(
+        "--processes",
+        type=resolve_processes,
+        metavar="N|auto",
+        help="run N worker processes under a supervisor (auto: one per core)",
+    )
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus /metrics here (process i of --processes uses PORT+i)",
+    )
+    run.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST")
+    run.add_argument(
         "--job-timeout",
         type=float,
         metavar="S",
@@ -148,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     cron_commands = cron.add_subparsers(dest="cron_command", required=True)
     check = cron_commands.add_parser("check", help="parse a crontab; print next five fire times")
     check.add_argument("file")
+
+    inspect_cli.register(commands, _add_connection_args)
 
     commands.add_parser("info", help="version and which implementation is loaded")
     bench = commands.add_parser(
@@ -197,7 +213,24 @@ async def _cmd_run(args: argparse.Namespace) -> int:
         handle_signals=True,
     )
     runner = Runner(dsn, tasks, options, once=args.once)
-    await runner.start()
+    metrics = None
+    if args.metrics_port is not None:
+        try:
+            from .metrics import Metrics
+        except ImportError as exc:
+            raise ConfigError(
+                "--metrics-port needs prometheus-client: pip install 'kongtask[metrics]'"
+            ) from exc
+        metrics = Metrics()
+        metrics.attach(runner)
+        index = int(os.environ.get("KONGTASK_PROCESS_INDEX", "0"))
+        await metrics.start_server(args.metrics_port + index, host=args.metrics_host)
+    try:
+        await runner.start()
+    except BaseException:
+        if metrics is not None:
+            await metrics.stop()
+        raise
     log.info(
         "worker %s ready: %d task(s), concurrency %d, schema %r, %s (%s)",
         runner.worker_id,
@@ -207,7 +240,11 @@ async def _cmd_run(args: argparse.Namespace) -> int:
         mask_dsn(dsn),
         IMPLEMENTATION,
     )
-    return await runner.wait()
+    try:
+        return await runner.wait()
+    finally:
+        if metrics is not None:
+            await metrics.stop()
 
 
 async def _cmd_migrate(args: argparse.Namespace) -> int:
@@ -289,6 +326,14 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
 }
 
 
+async def _cmd_inspect(args: argparse.Namespace) -> int:
+    return await inspect_cli.run_command(args, _dsn(args))
+
+
+for _name in inspect_cli.COMMAND_NAMES:
+    COMMANDS[_name] = _cmd_inspect
+
+
 def _run_async(coro: Awaitable[int]) -> int:
     try:
         import uvloop
@@ -310,6 +355,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.command == "run" and args.processes is not None:
+        # The supervisor is plain processes and signals: no event loop here.
+        return supervise(without_processes(argv), args.processes)
     handler = COMMANDS[args.command]
     dsn_hint = getattr(args, "connection", None) or os.environ.get("DATABASE_URL")
     try:

@@ -100,7 +100,7 @@ class EventEmitter:
             except Exception:
                 log.exception("listener for %r raised; ignoring", name)
                 continue
-            if inspect.isawaitable(result):
+            if result is not None and inspect.isawaitable(result):
                 task = asyncio.ensure_future(self._guard(name, result))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)

@@ -162,12 +162,17 @@ on conflict do nothing"""
     # ----------------------------------------------------------------- worker
     @cached_property
     def register_tasks(self) -> str:
-        """Make sure every task identifier has a row; return all their ids."""
+        """Make sure every task identifier has a row; return all their ids.
+
+        ``do update`` (a no-op change) rather than ``do nothing``: it returns
+        rows that another pool inserted concurrently, which a separate select
+        in the same statement could not see.
+        """
         return (
-            f"with ins as (insert into {self.s}._private_tasks (identifier) "
-            "select unnest($1::text[]) on conflict do nothing returning id, identifier) "
-            "select id, identifier from ins union all "
-            f"select id, identifier from {self.s}._private_tasks where identifier = any($1::text[])"
+            f"insert into {self.s}._private_tasks as tasks (identifier) "
+            "select unnest($1::text[]) "
+            "on conflict (identifier) do update set identifier = excluded.identifier "
+            "returning tasks.id, tasks.identifier"
         )
 
     def fetch_jobs(self, *, with_flags: bool) -> str:
@@ -176,7 +181,8 @@ on conflict do nothing"""
         $1 worker id, $2 task ids, $3 batch size, $4 task identifiers (parallel
         to $2, so identifiers come back without a join), $5 forbidden flags.
 
-        Candidates are taken in (priority, run_at, id) order with SKIP LOCKED;
+        Candidates are taken in (priority, run_at) order, the order of the
+        partial index, so the scan stops after $3 rows; SKIP LOCKED;
         named queues must be free and are row-locked in the same statement.
         Only the first candidate of each named queue is kept, so a batch never
         holds two jobs of one queue (graphile-worker's batch fetch can); the

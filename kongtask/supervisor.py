@@ -41,7 +41,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType
 
@@ -82,6 +82,31 @@ def resolve_processes(value: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f"--processes: must be >= 1, got {number}")
     return number
+
+
+def without_processes(argv: Sequence[str]) -> list[str]:
+    """``argv`` minus its ``--processes`` option, for the children's command line.
+
+    Removes ``--processes N``, ``--processes=N`` and the abbreviations
+    argparse accepts (``--proc 4``; at least ``--pr``, since ``--p`` is
+    ambiguous with ``--poll-interval``); everything else, including global
+    options before the command, is passed on unchanged.
+    """
+    out: list[str] = []
+    items = list(argv)
+    i = 0
+    while i < len(items):
+        token = items[i]
+        name, eq, _ = token.partition("=")
+        if len(name) >= 4 and "--processes".startswith(name):
+            i += 1 if eq else 2
+            continue
+        if token == "--":  # positional arguments follow; nothing to strip there
+            out.extend(items[i:])
+            break
+        out.append(token)
+        i += 1
+    return out
 
 
 def _pdeathsig_preexec() -> Callable[[], None] | None:
@@ -293,4 +318,10 @@ def supervise(
                 child.proc.wait()
 
 
-__all__ = ["FATAL_EXIT_CODES", "STABLE_AFTER", "resolve_processes", "supervise"]
+__all__ = [
+    "FATAL_EXIT_CODES",
+    "STABLE_AFTER",
+    "resolve_processes",
+    "supervise",
+    "without_processes",
+]

@@ -633,7 +633,14 @@ class Runner:
             if not rows:
                 self.events.emit("worker:getJob:empty", {"worker_id": self.worker_id})
             if rows:
-                self._deliver(decode.decode_jobs(rows))
+                jobs = decode.decode_jobs(rows)
+                self._deliver(jobs)
+            else:
+                jobs = []
+            if self.events.has("localQueue:getJobs:complete"):
+                self.events.emit(
+                    "localQueue:getJobs:complete", {"jobs": jobs, "worker_id": self.worker_id}
+                )
             if len(rows) < batch:
                 self._changed = False
                 if next_due is not None:

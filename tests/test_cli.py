@@ -207,3 +207,22 @@ async def test_cron_check_prints_fire_times_and_locates_errors(tmp_path: Path) -
     code, out, err = await _cli("cron", "check", str(bad))
     assert code == 2
     assert ":2:1" in out + err and "minute" in out + err
+
+
+async def test_jobs_and_retry_commands(utils: WorkerUtils) -> None:
+    job = await utils.add_job("inspect_me", queue_name="iq", max_attempts=1)
+    await utils.permanently_fail_jobs([job.id], "it broke")
+    code, out, err = await _cli("jobs", "-c", utils_dsn(utils), "-s", utils.schema, "--json")
+    assert code == 0, err
+    report = orjson.loads(out)
+    assert "inspect_me" in out and "it broke" in out and isinstance(report, dict)
+    code, out, err = await _cli("retry", "-c", utils_dsn(utils), "-s", utils.schema, str(job.id))
+    assert code == 0, err
+    [again] = await utils.get_jobs([job.id])
+    assert again.attempts == 0
+
+
+def utils_dsn(utils: WorkerUtils) -> str:
+    dsn = utils._dsn
+    assert dsn
+    return dsn

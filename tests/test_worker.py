@@ -52,7 +52,7 @@ class Recorder:
         await asyncio.wait_for(loop(), timeout)
 
 
-async def test_runs_in_priority_then_run_at_then_id_order(
+async def test_runs_in_priority_then_run_at_order(
     database_url: str, utils: WorkerUtils
 ) -> None:
     now = datetime.now(timezone.utc)
