@@ -413,11 +413,26 @@ select
         """Seconds until the earliest future job of these tasks is due (for the timer).
 
         Measured against the database clock, so a skewed local clock does not
-        make scheduled jobs early or late.
+        make scheduled jobs early or late. A loose index scan: one probe of
+        the (priority, run_at) index per distinct priority, instead of reading
+        every available job (a million future jobs took 140 ms as a plain min).
         """
-        return (
-            "select extract(epoch from min(jobs.run_at) - now())::float8 "
-            f"from {self.s}._private_jobs as jobs "
-            "where jobs.is_available = true and jobs.task_id = any($1::int[]) "
-            "and jobs.run_at > now()"
-        )
+        s = self.s
+        return f"""
+with recursive priorities as (
+  (select jobs.priority from {s}._private_jobs as jobs
+   where jobs.is_available = true order by jobs.priority limit 1)
+  union all
+  select (select jobs.priority from {s}._private_jobs as jobs
+          where jobs.is_available = true and jobs.priority > p.priority
+          order by jobs.priority limit 1)
+  from priorities as p where p.priority is not null
+)
+select extract(epoch from min(soonest.run_at) - now())::float8
+from priorities as p
+cross join lateral (
+  select jobs.run_at from {s}._private_jobs as jobs
+  where jobs.is_available = true and jobs.priority = p.priority
+    and jobs.run_at > now() and jobs.task_id = any($1::int[])
+  order by jobs.run_at limit 1
+) as soonest"""
