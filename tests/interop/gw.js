@@ -7,13 +7,19 @@
  *
  *   run     --dsn --schema --record-table --name [--concurrency N]
  *           [--tasks a,b] [--fail-tasks c] [--block-tasks d]
- *           [--forbidden-flags x,y] [--poll-interval MS] [--once]
+ *           [--forbidden-flags x,y] [--poll-interval MS] [--crontab TEXT] [--once]
  *       A worker pool. Every task first inserts what its handler saw into
  *       <schema>.<record-table> (the same columns the Python side records),
  *       then succeeds (--tasks), throws Error(payload.error) (--fail-tasks) or
  *       waits until the pool aborts it (--block-tasks). Prints `READY <poolId>`
  *       once its LISTEN is in place, stops gracefully on SIGTERM and then
  *       prints `STOPPED`; with --once it runs what is due, prints `DONE`, exits.
+ *       --crontab gives graphile-worker's `crontab` option (crontab file text;
+ *       without it the pool has no cron items and reads no crontab file), and
+ *       reports its cron events: `CRON_BACKFILL <ts>` per backfilled minute
+ *       (emitted before that minute's statement runs), `CRON_SCHEDULE <ts>`
+ *       per timer tick with due items, and `CRON_STARTED <start>` once
+ *       registration and backfill are done (ISO 8601 UTC, milliseconds).
  *   add     --dsn --schema --ops JSON   addJob / addJobs / quickAddJob calls
  *   admin   --dsn --schema --ops JSON   rescheduleJobs / completeJobs /
  *                                       permanentlyFailJobs / forceUnlockWorkers
@@ -169,6 +175,13 @@ async function cmdRun(opts) {
       );
     });
   });
+  if (opts.crontab !== undefined) {
+    events.on("cron:backfill", ({ timestamp }) => say(`CRON_BACKFILL ${timestamp}`));
+    events.on("cron:schedule", ({ timestamp }) => {
+      say(`CRON_SCHEDULE ${new Date(timestamp).toISOString()}`);
+    });
+    events.on("cron:started", ({ start }) => say(`CRON_STARTED ${start.toISOString()}`));
+  }
   const forbidden = list(opts["forbidden-flags"]);
   const options = {
     ...sharedOptions(opts),
@@ -177,7 +190,9 @@ async function cmdRun(opts) {
     maxPoolSize: Math.max(Number(opts.concurrency ?? 1) + 2, 4),
     noHandleSignals: true,
     taskList: makeTaskList(opts),
-    parsedCronItems: [],
+    // `crontab` and `parsedCronItems` are mutually exclusive; an empty list
+    // keeps graphile-worker from looking for a crontab file in the cwd.
+    ...(opts.crontab !== undefined ? { crontab: opts.crontab } : { parsedCronItems: [] }),
     forbiddenFlags: forbidden.length > 0 ? forbidden : null,
     events,
   };
@@ -249,6 +264,7 @@ async function main() {
       "block-tasks": { type: "string" },
       "forbidden-flags": { type: "string" },
       "poll-interval": { type: "string" },
+      crontab: { type: "string" },
       once: { type: "boolean" },
       ops: { type: "string" },
     },

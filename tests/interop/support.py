@@ -207,6 +207,10 @@ class NodePool:
                 f"{self.stderr}"
             )
 
+    def lines(self, prefix: str) -> list[str]:
+        """Every stdout line so far that starts with ``prefix``, in order."""
+        return [line for line in self._lines if line.startswith(prefix)]
+
     async def wait_line(self, prefix: str, timeout: float = NODE_TIMEOUT) -> str:
         """The first stdout line starting with ``prefix`` (e.g. ``READY``)."""
 
@@ -301,6 +305,7 @@ class GraphileWorker:
         concurrency: int,
         poll_interval_ms: int,
         forbidden_flags: Iterable[str],
+        crontab: str | None = None,
     ) -> list[str]:
         args = [
             "run",
@@ -320,6 +325,8 @@ class GraphileWorker:
             joined = ",".join(values)
             if joined:
                 args += [option, joined]
+        if crontab is not None:
+            args += ["--crontab", crontab]
         return args
 
     async def start_pool(
@@ -333,10 +340,16 @@ class GraphileWorker:
         concurrency: int = 1,
         poll_interval_ms: int = 200,
         forbidden_flags: Iterable[str] = (),
+        crontab: str | None = None,
     ) -> NodePool:
-        """A running pool, returned once its LISTEN is in place (``pool_id`` set)."""
+        """A running pool, returned once its LISTEN is in place (``pool_id`` set).
+
+        With ``crontab`` (crontab file text) it also runs graphile-worker's cron
+        and prints ``CRON_*`` lines (see gw.js); its registration and backfill
+        may still be in progress on return: wait for ``CRON_STARTED``.
+        """
         args = self._pool_args(schema, name, tasks, fail_tasks, block_tasks, concurrency,
-                               poll_interval_ms, forbidden_flags)
+                               poll_interval_ms, forbidden_flags, crontab)
         pool = NodePool(await self._spawn(*args), name)
         self._pools.append(pool)
         ready = await pool.wait_line("READY")
