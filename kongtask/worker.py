@@ -241,6 +241,10 @@ class Runner:
                     await _migrate.ensure_compatible(conn, self.schema)
                 self._heartbeats = await _migrate.has_kongtask_track(conn, self.schema)
                 await self._register_tasks(conn)
+                if self._heartbeats:
+                    # Registered before the first fetch: a pool killed right after
+                    # locking a job must already be known, or nobody frees it.
+                    await conn.execute(self.queries.heartbeat, *self._heartbeat_args())
             if listening is not None:
                 await listening
             if self._cron_items:
@@ -537,11 +541,8 @@ class Runner:
         assert self._pool is not None
         interval = self.options.heartbeat_interval
         failing = False
-        first = True
         while True:
-            if not first:
-                await asyncio.sleep(interval)
-            first = False
+            await asyncio.sleep(interval)
             try:
                 await self._pool.execute(self.queries.heartbeat, *self._heartbeat_args())
                 row = await self._pool.fetchrow(
