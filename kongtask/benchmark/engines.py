@@ -1,0 +1,428 @@
+"""Engines: one command line per scenario, one JSON line back, for every library alike.
+
+An engine is a way to start a child process that runs one scenario against
+its own schema: kongtask compiled, kongtask pure (``KONGTASK_NO_EXTENSIONS=1``)
+or graphile-worker's ``bench.js``. The harness never runs two children at
+once, because all schemas share the ``jobs:insert`` NOTIFY channel and the
+two CPU cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+import kongtask
+
+from .common import EMPTY_POLL_S, READY, TASK, mb, rnd, rss_bytes
+from .database import Admin
+
+KONGTASK = "kongtask"
+KONGTASK_PURE = "kongtask-pure"
+GRAPHILE_WORKER = "graphile-worker"
+
+_STDERR_TAIL = 2000
+
+
+class ChildError(RuntimeError):
+    """A child failed, timed out or printed no result; the message says which."""
+
+
+@dataclass(slots=True)
+class Sizes:
+    """What every child is asked to do (one set of sizes per harness run)."""
+
+    enqueue_jobs: int
+    drain_jobs: int
+    memory_jobs: int
+    processes_jobs: int
+    latency_samples: int
+    scheduled_samples: int
+    startup_samples: int
+    spawn_samples: int
+    processes: int
+    concurrency: int
+    local_queue_size: int
+    poll_interval_ms: int
+    timeout_s: int
+    idle_wait_s: float
+    analyze: bool = True
+
+
+@dataclass(slots=True)
+class Engine:
+    """How to start one library's benchmark child."""
+
+    name: str
+    label: str
+    schema: str
+    prefix: list[str]
+    cwd: Path
+    env: dict[str, str] = field(default_factory=dict)
+    expect_impl: str | None = None
+    kongtask: bool = True
+    #: Commands that only start the runtime (and then also load the libraries)
+    #: and print READY: the floor under this engine's spawn -> ready time.
+    floors: dict[str, list[str]] = field(default_factory=dict)
+
+    def supports(self, scenario: str) -> bool:
+        """bench.js has no multi-process mode; everything else both engines do."""
+        return self.kongtask or scenario != "processes"
+
+    def args(self, scenario: str, dsn: str, sizes: Sizes, *, child: str | None = None) -> list[str]:
+        """The command line for ``scenario`` (``child`` overrides the child-side name)."""
+        jobs = {
+            "enqueue": sizes.enqueue_jobs,
+            "drain": sizes.drain_jobs,
+            "memory": sizes.memory_jobs,
+            "work": sizes.processes_jobs,
+        }.get(scenario)
+        samples = {
+            "latency": sizes.latency_samples,
+            "scheduled": sizes.scheduled_samples,
+            "startup": sizes.startup_samples,
+        }.get(scenario)
+        argv = [
+            *self.prefix,
+            "--dsn", dsn,
+            "--schema", self.schema,
+            "--scenario", child or scenario,
+            "--concurrency", str(sizes.concurrency),
+            "--poll-interval", str(sizes.poll_interval_ms),
+            "--timeout", str(sizes.timeout_s),
+        ]
+        if jobs is not None:
+            argv += ["--jobs", str(jobs)]
+        if samples is not None:
+            argv += ["--samples", str(samples)]
+        if not sizes.analyze:
+            argv.append("--skip-analyze")
+        if self.kongtask:
+            # bench.js has these fixed (local queue max(500, C), idle wait 1 s).
+            argv += ["--local-queue-size", str(sizes.local_queue_size),
+                     "--idle-wait", str(sizes.idle_wait_s)]
+        return argv
+
+    def child_env(self, password: str | None) -> dict[str, str]:
+        env = dict(os.environ)
+        env.pop("KONGTASK_NO_EXTENSIONS", None)
+        # An installed package has its bytecode compiled at install time; a
+        # source tree gets it on first import, unless this (sandbox-wide)
+        # switch forbids writing it and every spawn recompiles kongtask.
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env.update(self.env)
+        if password is not None:
+            env["PGPASSWORD"] = password
+        return env
+
+
+def kongtask_engine(name: str, schema: str) -> Engine:
+    """kongtask compiled (``name == KONGTASK``) or pure (``KONGTASK_PURE``).
+
+    The child imports the very kongtask this harness runs (its folder goes
+    first on ``PYTHONPATH``, and is the child's working directory so that
+    ``python -m`` finds nothing else first).
+    """
+    package_parent = Path(kongtask.__file__).resolve().parent.parent
+    path = os.environ.get("PYTHONPATH")
+    env = {"PYTHONPATH": os.pathsep.join([str(package_parent), *([path] if path else [])])}
+    pure = name == KONGTASK_PURE
+    if pure:
+        env["KONGTASK_NO_EXTENSIONS"] = "1"
+    return Engine(
+        name=name,
+        label="kongtask (pure)" if pure else "kongtask",
+        schema=schema,
+        prefix=[sys.executable, "-m", "kongtask.benchmark.worker_process"],
+        cwd=package_parent,
+        env=env,
+        expect_impl="python" if pure else "cython",
+        floors={
+            "interpreter": [sys.executable, "-c", "print('READY', flush=True)"],
+            "libraries": [sys.executable, "-c",
+                          "import asyncpg, uvloop, orjson; print('READY', flush=True)"],
+        },
+    )
+
+
+def graphile_worker_engine(schema: str, node: str, bench_dir: Path) -> Engine:
+    return Engine(
+        name=GRAPHILE_WORKER,
+        label="graphile-worker",
+        schema=schema,
+        prefix=[node, str(bench_dir / "bench.js")],
+        cwd=bench_dir,
+        kongtask=False,
+        floors={
+            "interpreter": [node, "-e", "process.stdout.write('READY\\n')"],
+            "libraries": [node, "-e",
+                          "require('graphile-worker'); process.stdout.write('READY\\n')"],
+        },
+    )
+
+
+def _last_json(out: bytes) -> dict[str, Any] | None:
+    for line in reversed(out.decode(errors="replace").splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                value = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                return None
+            return value if isinstance(value, dict) else None
+    return None
+
+
+def _tail(fh: IO[bytes] | None) -> str:
+    if fh is None:
+        return ""
+    fh.seek(0, os.SEEK_END)
+    size = fh.tell()
+    fh.seek(max(0, size - _STDERR_TAIL))
+    text = fh.read().decode(errors="replace").strip()
+    return f"\n--- child stderr (last {_STDERR_TAIL} bytes) ---\n{text}" if text else ""
+
+
+class Children:
+    """Starts engine children; keeps their pids so an interrupted run kills only them."""
+
+    def __init__(self, password: str | None, verbose: bool) -> None:
+        self.password = password
+        self.verbose = verbose
+        self._live: set[asyncio.subprocess.Process] = set()
+
+    async def _spawn(
+        self, engine: Engine, argv: Sequence[str], stderr: IO[bytes] | None, stdin: int
+    ) -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=stdin,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=None if self.verbose else stderr,
+            cwd=engine.cwd,
+            env=engine.child_env(self.password),
+        )
+        self._live.add(proc)
+        return proc
+
+    def _done(self, proc: asyncio.subprocess.Process) -> None:
+        self._live.discard(proc)
+
+    def kill_all(self) -> None:
+        """Kill the children this harness started (and nothing else)."""
+        for proc in list(self._live):
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+        self._live.clear()
+
+    @staticmethod
+    def _check(engine: Engine, proc: asyncio.subprocess.Process, out: bytes,
+               err: IO[bytes] | None) -> dict[str, Any]:
+        result = _last_json(out)
+        if result is None:
+            raise ChildError(f"{engine.label}: no JSON result (exit {proc.returncode})"
+                             + _tail(err))
+        if proc.returncode != 0 or "error" in result:
+            raise ChildError(f"{engine.label}: {result.get('error') or 'failed'} "
+                             f"(exit {proc.returncode})" + _tail(err))
+        if engine.expect_impl and result.get("impl") not in (None, engine.expect_impl):
+            result.setdefault("warnings", []).append(
+                f"expected the {engine.expect_impl} implementation, child ran "
+                f"{result.get('impl')}"
+            )
+        return result
+
+    async def run(self, engine: Engine, argv: Sequence[str], timeout: float) -> dict[str, Any]:
+        """Run one child to completion and return its JSON result."""
+        with tempfile.TemporaryFile() as err:
+            proc = await self._spawn(engine, argv, err, asyncio.subprocess.DEVNULL)
+            try:
+                out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+            except asyncio.TimeoutError:
+                proc.kill()
+                await proc.wait()
+                raise ChildError(f"{engine.label}: timed out after {timeout:.0f} s"
+                                 + _tail(err)) from None
+            finally:
+                self._done(proc)
+            return self._check(engine, proc, out, err)
+
+    async def spawn_to_ready(
+        self, engine: Engine, argv: Sequence[str], timeout: float
+    ) -> dict[str, Any]:
+        """Start an idle pool, time process spawn to its ``READY`` line, then SIGTERM it.
+
+        The RSS is read from ``/proc`` here, so both engines are measured by
+        the same code at the same moment (right after ready).
+        """
+        with tempfile.TemporaryFile() as err:
+            t0 = time.perf_counter()
+            proc = await self._spawn(engine, argv, err, asyncio.subprocess.DEVNULL)
+            try:
+                assert proc.stdout is not None
+                while True:
+                    line = await asyncio.wait_for(proc.stdout.readline(), timeout)
+                    if not line:
+                        await proc.wait()
+                        raise ChildError(f"{engine.label}: exited before READY "
+                                         f"(exit {proc.returncode})" + _tail(err))
+                    if line.startswith(READY.encode()):
+                        break
+                spawn_to_ready = (time.perf_counter() - t0) * 1000
+                rss = rss_bytes(proc.pid)
+                proc.send_signal(signal.SIGTERM)
+                out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+            except asyncio.TimeoutError:
+                proc.kill()
+                await proc.wait()
+                raise ChildError(f"{engine.label}: idle pool timed out" + _tail(err)) from None
+            finally:
+                self._done(proc)
+            result = self._check(engine, proc, out, err)
+        result["spawn_to_ready_ms"] = rnd(spawn_to_ready)
+        result["rss_at_ready_mb"] = mb(rss)
+        return result
+
+    async def spawn_floor(self, engine: Engine, argv: Sequence[str], timeout: float) -> float:
+        """Milliseconds from spawn to the READY line of a command that does nothing else."""
+        t0 = time.perf_counter()
+        proc = await self._spawn(engine, argv, None, asyncio.subprocess.DEVNULL)
+        try:
+            assert proc.stdout is not None
+            line = await asyncio.wait_for(proc.stdout.readline(), timeout)
+            elapsed = (time.perf_counter() - t0) * 1000
+            await asyncio.wait_for(proc.communicate(), timeout)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise ChildError(f"{engine.label}: floor command timed out: {argv[0]}") from None
+        finally:
+            self._done(proc)
+        if not line.startswith(READY.encode()) or proc.returncode != 0:
+            raise ChildError(f"{engine.label}: floor command failed (exit {proc.returncode}): "
+                             f"{' '.join(argv)}")
+        return elapsed
+
+    async def processes(
+        self, engine: Engine, dsn: str, sizes: Sizes, admin: Admin
+    ) -> dict[str, Any]:
+        """Drain N queued jobs with P worker processes started at the same moment.
+
+        Timed from ``GO`` (every child already imported and connected, so each
+        starts its pool at once, as the single-pool drain times from ``run()``)
+        until all children together have started N jobs and the table is
+        empty. Exactly-once is checked across processes with the count, sum
+        and sum of squares of the payload numbers.
+        """
+        n, count = sizes.processes_jobs, sizes.processes
+        await admin.clear(engine.schema)
+        await admin.insert_jobs(engine.schema, TASK, n, sizes.analyze)
+        argv = engine.args("work", dsn, sizes)
+        loop = asyncio.get_running_loop()
+        # Closed in the finally below (a with-block per child would not nest).
+        errs = [tempfile.TemporaryFile() for _ in range(count)]  # noqa: SIM115
+        procs: list[asyncio.subprocess.Process] = []
+        handled = [0] * count
+        all_started = loop.create_future()
+        outputs: list[bytes] = [b""] * count
+
+        async def read(i: int, proc: asyncio.subprocess.Process, ready: asyncio.Event) -> None:
+            assert proc.stdout is not None
+            chunks: list[bytes] = []
+            async for line in proc.stdout:
+                if line.startswith(b"H "):
+                    handled[i] = int(line[2:])
+                    if sum(handled) >= n and not all_started.done():
+                        all_started.set_result(None)
+                elif line.startswith(READY.encode()):
+                    ready.set()
+                else:
+                    chunks.append(line)
+            outputs[i] = b"".join(chunks)
+            ready.set()
+
+        try:
+            readers = []
+            ready_events = []
+            for i in range(count):
+                proc = await self._spawn(engine, argv, errs[i], asyncio.subprocess.PIPE)
+                procs.append(proc)
+                ready = asyncio.Event()
+                ready_events.append(ready)
+                readers.append(loop.create_task(read(i, proc, ready)))
+            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in ready_events)), 120)
+            for i, reader in enumerate(readers):
+                if reader.done():
+                    raise ChildError(f"{engine.label}: worker {i} exited before READY"
+                                     + _tail(errs[i]))
+            deadline = loop.time() + sizes.timeout_s
+            t0 = time.perf_counter()
+            for proc in procs:
+                assert proc.stdin is not None
+                proc.stdin.write(b"GO\n")
+            await asyncio.gather(*(p.stdin.drain() for p in procs if p.stdin is not None))
+            # Until every job has started, or a worker dies (then there is no point waiting).
+            await asyncio.wait([all_started, *readers], timeout=max(deadline - loop.time(), 0.001),
+                               return_when=asyncio.FIRST_COMPLETED)
+            if not all_started.done():
+                dead = [i for i, reader in enumerate(readers) if reader.done()]
+                what = f"worker {dead[0]} exited" if dead else "timed out"
+                raise ChildError(f"{engine.label}: processes scenario: {what} after "
+                                 f"{sum(handled)} of {n} jobs"
+                                 + "".join(_tail(errs[i]) for i in dead))
+            await admin.wait_for_empty(engine.schema, deadline, EMPTY_POLL_S)
+            seconds = time.perf_counter() - t0
+            for proc in procs:
+                assert proc.stdin is not None
+                proc.stdin.write(b"STOP\n")
+                proc.stdin.close()
+            await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), 60)
+            await asyncio.wait_for(asyncio.gather(*readers), 10)
+            results = [self._check(engine, proc, outputs[i], errs[i])
+                       for i, proc in enumerate(procs)]
+        except asyncio.TimeoutError:
+            raise ChildError(f"{engine.label}: processes scenario timed out"
+                             + "".join(_tail(e) for e in errs)) from None
+        finally:
+            for proc in procs:
+                if proc.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
+                    await proc.wait()
+                self._done(proc)
+            for fh in errs:
+                fh.close()
+        total = sum(r["handled"] for r in results)
+        checksum_ok = (
+            total == n
+            and sum(r["sum"] for r in results) == n * (n + 1) // 2
+            and sum(r["sum_sq"] for r in results) == n * (n + 1) * (2 * n + 1) // 6
+        )
+        return {
+            "scenario": "processes",
+            "processes": count,
+            "jobs": n,
+            "seconds": rnd(seconds),
+            "jobs_per_sec": rnd(n / seconds, 1),
+            "started": total,
+            "duplicates": sum(r["duplicates"] for r in results),
+            "out_of_range": sum(r["out_of_range"] for r in results),
+            "checksum_ok": checksum_ok,
+            "per_process": [r["handled"] for r in results],
+            "remaining": await admin.count_jobs(engine.schema),
+            "concurrency": sizes.concurrency,
+            "timed_until": "from GO to every job started and count(*) = 0",
+            "impl": results[0].get("impl") if results else None,
+        }

@@ -1,0 +1,400 @@
+"""What a run reports: machine facts, the summary table, ratios, the JSON file, the chart.
+
+Numbers are summarised as the median over rounds; every round's raw result
+is kept in the JSON so a noisy round can be seen for what it is.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+import kongtask
+
+from .common import median
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    """One row of the table: a key of one scenario's result."""
+
+    scenario: str
+    key: str
+    label: str
+    unit: str
+    higher_is_better: bool
+    #: Key to use when an engine has no ``key`` (graphile-worker's addJobs
+    #: always returns rows, so its plain rate is the "returning" rate).
+    fallback: str | None = None
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric("enqueue", "jobs_per_sec", "add_jobs_count (bulk)", "jobs/s", True),
+    Metric("enqueue", "returning_jobs_per_sec", "add_jobs (returns rows)", "jobs/s", True,
+           fallback="jobs_per_sec"),
+    Metric("drain", "jobs_per_sec", "drain, one pool", "jobs/s", True),
+    Metric("processes", "jobs_per_sec", "drain, P processes", "jobs/s", True),
+    Metric("latency", "p50", "add_job -> start p50", "ms", False),
+    Metric("latency", "p95", "add_job -> start p95", "ms", False),
+    Metric("latency", "p99", "add_job -> start p99", "ms", False),
+    Metric("latency", "max", "add_job -> start max", "ms", False),
+    Metric("scheduled", "p50", "lateness p50", "ms", False),
+    Metric("scheduled", "p99", "lateness p99", "ms", False),
+    Metric("memory", "idle_rss_mb", "idle RSS", "MB", False),
+    Metric("memory", "peak_rss_mb", "peak RSS in drain", "MB", False),
+    Metric("startup", "spawn_to_ready_ms", "spawn -> ready", "ms", False),
+    Metric("startup", "run_to_ready_ms", "run() -> ready", "ms", False),
+    Metric("startup", "spawn_floor_libraries_ms", "floor: runtime + libraries", "ms", False),
+    Metric("startup", "spawn_floor_interpreter_ms", "floor: bare runtime", "ms", False),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A goal from the issue, checked against this run (informational)."""
+
+    description: str
+    scenario: str
+    key: str
+    limit: float
+    kind: str  # "max" (value <= limit), "min" (value >= limit), "ratio_gw", "ratio_pure"
+
+
+TARGETS: tuple[Target, ...] = (
+    Target("drain >= 1.5x graphile-worker", "drain", "jobs_per_sec", 1.5, "ratio_gw"),
+    Target("enqueue >= 1.5x graphile-worker", "enqueue", "jobs_per_sec", 1.5, "ratio_gw"),
+    Target("latency p50 <= 1 ms", "latency", "p50", 1.0, "max"),
+    Target("latency p99 <= 2 ms", "latency", "p99", 2.0, "max"),
+    Target("scheduled lateness p99 <= 10 ms", "scheduled", "p99", 10.0, "max"),
+    Target("idle RSS <= 32 MB", "memory", "idle_rss_mb", 32.0, "max"),
+    Target("spawn -> ready <= 100 ms", "startup", "spawn_to_ready_ms", 100.0, "max"),
+    Target("run() -> ready <= 10 ms", "startup", "run_to_ready_ms", 10.0, "max"),
+    Target("compiled faster than pure on drain", "drain", "jobs_per_sec", 1.0, "ratio_pure"),
+)
+
+
+# ------------------------------------------------------------------ environment
+def source_root() -> Path | None:
+    """The kongtask checkout this package runs from, or None when it is installed."""
+    root = Path(kongtask.__file__).resolve().parent.parent
+    pyproject = root / "pyproject.toml"
+    try:
+        if pyproject.is_file() and 'name = "kongtask"' in pyproject.read_text():
+            return root
+    except OSError:
+        return None
+    return None
+
+
+def default_results_dir() -> Path:
+    """``bench/results`` of the source tree, else ``./bench-results``."""
+    root = source_root()
+    if root is not None and (root / "bench").is_dir():
+        return root / "bench" / "results"
+    return Path.cwd() / "bench-results"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_mb() -> int | None:
+    try:
+        with open("/proc/meminfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) // 1024
+    except (OSError, ValueError):
+        pass
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return int(psutil.virtual_memory().total // (1024 * 1024))
+
+
+def machine_info() -> dict[str, Any]:
+    """Cores, memory, CPU model, OS and load: what the numbers depend on."""
+    try:
+        load: list[float] | None = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = None
+    return {
+        "cores": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "memory_mb": _memory_mb(),
+        "os": platform.platform(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "load_average_at_start": load,
+    }
+
+
+def _version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def _git_revision(root: Path | None) -> str | None:
+    if root is None or not (root / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
+                              capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def package_versions() -> dict[str, Any]:
+    from kongtask._core import IMPLEMENTATION
+
+    return {
+        "kongtask": kongtask.__version__,
+        "kongtask_git": _git_revision(source_root()),
+        "implementation": IMPLEMENTATION,
+        **{name: _version(name) for name in ("asyncpg", "uvloop", "orjson", "Cython",
+                                              "psutil", "matplotlib")},
+    }
+
+
+# --------------------------------------------------------------------- summary
+def summarize_rounds(rounds: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Median over rounds of every numeric top-level key."""
+    keys: dict[str, list[float]] = {}
+    for result in rounds:
+        for key, value in result.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                keys.setdefault(key, []).append(float(value))
+    return {key: m for key, values in keys.items() if (m := median(values)) is not None}
+
+
+def metric_value(summary: Mapping[str, Mapping[str, Mapping[str, float]]], engine: str,
+                 metric: Metric) -> float | None:
+    values = summary.get(metric.scenario, {}).get(engine)
+    if not values:
+        return None
+    if metric.key in values:
+        return values[metric.key]
+    return values.get(metric.fallback) if metric.fallback else None
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return round(a / b, 3)
+
+
+def ratios(summary: Mapping[str, Any], engines: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``{"scenario.key": {"kongtask/graphile-worker": r, "compiled/pure": r}}``."""
+    out: dict[str, dict[str, Any]] = {}
+    for metric in METRICS:
+        row: dict[str, Any] = {}
+        kt = metric_value(summary, "kongtask", metric)
+        if "graphile-worker" in engines:
+            row["kongtask/graphile-worker"] = ratio(kt, metric_value(summary, "graphile-worker",
+                                                                     metric))
+        if "kongtask-pure" in engines:
+            row["compiled/pure"] = ratio(kt, metric_value(summary, "kongtask-pure", metric))
+        if any(v is not None for v in row.values()):
+            row["better"] = "higher" if metric.higher_is_better else "lower"
+            out[f"{metric.scenario}.{metric.key}"] = row
+    return out
+
+
+def check_targets(summary: Mapping[str, Any], engines: Sequence[str]) -> list[dict[str, Any]]:
+    """Each target with the value it was judged on; skipped when not measured."""
+    out = []
+    for target in TARGETS:
+        metric = Metric(target.scenario, target.key, "", "", True)
+        kt = metric_value(summary, "kongtask", metric)
+        if target.kind == "ratio_gw":
+            value = ratio(kt, metric_value(summary, "graphile-worker", metric))
+            ok = None if value is None else value >= target.limit
+        elif target.kind == "ratio_pure":
+            value = ratio(kt, metric_value(summary, "kongtask-pure", metric))
+            ok = None if value is None else value > target.limit
+        elif target.kind == "max":
+            value = kt
+            ok = None if value is None else value <= target.limit
+        else:
+            value = kt
+            ok = None if value is None else value >= target.limit
+        if value is not None:
+            out.append({"target": target.description, "value": round(value, 3), "met": ok})
+    return out
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "jobs/s":
+        return f"{value:,.0f}"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}"
+
+
+def format_table(summary: Mapping[str, Any], engines: Sequence[str],
+                 labels: Mapping[str, str], processes: int) -> str:
+    """The end-of-run table: one row per metric, engines as columns, then ratios."""
+    headers = ["scenario", "metric", "unit", *(labels[e] for e in engines)]
+    with_gw = "graphile-worker" in engines and "kongtask" in engines
+    with_pure = "kongtask-pure" in engines and "kongtask" in engines
+    if with_gw:
+        headers.append("kt/gw")
+    if with_pure:
+        headers.append("compiled/pure")
+    headers.append("better")
+    rows = []
+    for metric in METRICS:
+        values = [metric_value(summary, e, metric) for e in engines]
+        if all(v is None for v in values):
+            continue
+        label = metric.label.replace("P processes", f"{processes} processes")
+        row = [metric.scenario, label, metric.unit, *(_fmt(v, metric.unit) for v in values)]
+        kt = metric_value(summary, "kongtask", metric)
+        if with_gw:
+            r = ratio(kt, metric_value(summary, "graphile-worker", metric))
+            row.append("-" if r is None else f"{r:.2f}")
+        if with_pure:
+            r = ratio(kt, metric_value(summary, "kongtask-pure", metric))
+            row.append("-" if r is None else f"{r:.2f}")
+        row.append("higher" if metric.higher_is_better else "lower")
+        rows.append(row)
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    numeric_from = 3
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            str(c).rjust(w) if i >= numeric_from else str(c).ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    out = [line(headers), line(["-" * w for w in widths])]
+    out.extend(line(r) for r in rows)
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------------ files
+def results_path(folder: Path, started: datetime) -> Path:
+    """``bench-YYYYmmdd-HHMMSS.json``, never overwriting an earlier run."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"bench-{started:%Y%m%d-%H%M%S}"
+    path = folder / f"{stem}.json"
+    n = 1
+    while path.exists():
+        path = folder / f"{stem}-{n}.json"
+        n += 1
+    return path
+
+
+def write_json(path: Path, document: Mapping[str, Any]) -> None:
+    path.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+                     + b"\n")
+
+
+_PANELS: tuple[tuple[str, str, tuple[tuple[str, str, str], ...]], ...] = (
+    ("Throughput", "jobs/s", (("enqueue", "jobs_per_sec", "enqueue"),
+                               ("drain", "jobs_per_sec", "drain"),
+                               ("processes", "jobs_per_sec", "drain xP"))),
+    ("add_job -> handler start", "ms", (("latency", "p50", "p50"), ("latency", "p95", "p95"),
+                                         ("latency", "p99", "p99"))),
+    ("Scheduled lateness", "ms", (("scheduled", "p50", "p50"), ("scheduled", "p99", "p99"))),
+    ("Memory (RSS)", "MB", (("memory", "idle_rss_mb", "idle"),
+                            ("memory", "peak_rss_mb", "peak (drain)"))),
+    ("Start-up", "ms", (("startup", "spawn_to_ready_ms", "spawn->ready"),
+                        ("startup", "spawn_floor_libraries_ms", "libs floor"),
+                        ("startup", "run_to_ready_ms", "run()->ready"))),
+)
+
+
+def _advantage_panel(ax: Any, summary: Mapping[str, Any]) -> None:
+    """How many times better kongtask is than graphile-worker, per metric (>1: better)."""
+    names: list[str] = []
+    values: list[float] = []
+    for metric in METRICS:
+        if metric.scenario == "startup" and metric.key.startswith("spawn_floor"):
+            continue
+        r = ratio(metric_value(summary, "kongtask", metric),
+                  metric_value(summary, "graphile-worker", metric))
+        if r is None or r <= 0:
+            continue
+        names.append(f"{metric.scenario}: {metric.label}")
+        values.append(r if metric.higher_is_better else 1 / r)
+    if not values:
+        return
+    ax.set_axis_on()
+    ys = list(range(len(values)))[::-1]
+    bars = ax.barh(ys, values, color=["#2a7ab9" if v >= 1 else "#c0392b" for v in values])
+    ax.bar_label(bars, labels=[f"{v:.2f}x" for v in values], fontsize=7, padding=2)
+    ax.set_yticks(ys, names, fontsize=7)
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_title("kongtask vs graphile-worker (x better)")
+
+
+def draw_chart(path: Path, summary: Mapping[str, Any], engines: Sequence[str],
+               labels: Mapping[str, str], title: str) -> Path | None:
+    """A PNG with one grouped bar panel per kind of number; None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
+    flat = list(axes.flat)
+    width = 0.8 / max(1, len(engines))
+    colors = {"kongtask": "#2a7ab9", "kongtask-pure": "#8cbce0", "graphile-worker": "#e08a2a"}
+    for ax, (name, unit, series) in zip(flat, _PANELS, strict=False):
+        shown = [(s, k, lab) for s, k, lab in series
+                 if any(metric_value(summary, e, Metric(s, k, "", "", True)) is not None
+                        for e in engines)]
+        if not shown:
+            ax.set_axis_off()
+            continue
+        for j, engine in enumerate(engines):
+            xs = [i + (j - (len(engines) - 1) / 2) * width for i in range(len(shown))]
+            ys = [metric_value(summary, engine, Metric(s, k, "", "", True)) or 0.0
+                  for s, k, _ in shown]
+            bars = ax.bar(xs, ys, width, label=labels[engine], color=colors.get(engine))
+            ax.bar_label(bars, labels=[_fmt(y, unit) if y else "" for y in ys], fontsize=7,
+                         rotation=90 if unit == "jobs/s" else 0, padding=2)
+        ax.set_xticks(range(len(shown)), [lab for _, _, lab in shown], fontsize=8)
+        ax.set_title(f"{name} ({unit})")
+        ax.margins(y=0.25)
+    flat[0].legend(fontsize=8)
+    for ax in flat[len(_PANELS):]:
+        ax.set_axis_off()
+    if "kongtask" in engines and "graphile-worker" in engines and len(flat) > len(_PANELS):
+        _advantage_panel(flat[len(_PANELS)], summary)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
