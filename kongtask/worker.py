@@ -539,8 +539,8 @@ class Runner:
             await asyncio.sleep(interval)
             since_sweep += interval
 
-    def _heartbeat_args(self) -> tuple[str, str, int, list[int]]:
-        return (self.worker_id, socket.gethostname(), os.getpid(), list(self._running))
+    def _heartbeat_args(self) -> tuple[str, str, int, list[str]]:
+        return (self.worker_id, socket.gethostname(), os.getpid(), [str(i) for i in self._running])
 
     async def _heartbeat_loop(self) -> None:
         """Stay visibly alive, and free the jobs of pools that are not.
