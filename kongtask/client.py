@@ -7,7 +7,8 @@ so there is one implementation of every client operation.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Literal
 
@@ -40,6 +41,18 @@ _CONSTRAINT_FIELDS = {
 }
 
 Executor = asyncpg.Pool | asyncpg.Connection
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Re-raise a database rejection of user input as the kongtask error naming the field."""
+    try:
+        yield
+    except asyncpg.PostgresError as exc:
+        translated = _translate(exc)
+        if translated is exc:
+            raise
+        raise translated from None
 
 
 def _translate(exc: asyncpg.PostgresError) -> Exception:
@@ -113,13 +126,8 @@ class WorkerUtils:
 
     async def _fetch_jobs(self, sql: str, *args: Any) -> list[Job]:
         executor = await self._ensure()
-        try:
+        with _user_errors():
             rows = await executor.fetch(sql, *args)
-        except asyncpg.PostgresError as exc:
-            translated = _translate(exc)
-            if translated is exc:
-                raise
-            raise translated from None
         return decode.decode_jobs(rows)
 
     # ------------------------------------------------------------ migrations
@@ -193,15 +201,10 @@ class WorkerUtils:
     async def _add_jobs_on(
         self, conn: asyncpg.Connection, encoded: str, preserve_run_at: bool
     ) -> list[Job]:
-        try:
+        with _user_errors():
             async with conn.transaction():
                 await conn.execute(self.queries.ensure_tasks_and_queues, encoded)
                 rows = await conn.fetch(self.queries.add_jobs, encoded, preserve_run_at)
-        except asyncpg.PostgresError as exc:
-            translated = _translate(exc)
-            if translated is exc:
-                raise
-            raise translated from None
         return decode.decode_jobs(rows)
 
     async def add_jobs_count(
@@ -214,15 +217,10 @@ class WorkerUtils:
         if not specs:
             return 0
         executor = await self._ensure()
-        try:
+        with _user_errors():
             count = await executor.fetchval(
                 self.queries.add_jobs_count, payload.encode_specs(specs), job_key_preserve_run_at
             )
-        except asyncpg.PostgresError as exc:
-            translated = _translate(exc)
-            if translated is exc:
-                raise
-            raise translated from None
         return int(count)
 
     # ------------------------------------------------------------------ admin

@@ -21,15 +21,3 @@ def resolve_schema(schema: str | None = None) -> str:
         or DEFAULT_SCHEMA
     )
 
-
-def env_int(name: str, default: int) -> int:
-    """An integer option from the environment, with an error naming the variable."""
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        from .errors import ConfigError
-
-        raise ConfigError(f"{name}: expected an integer, got {raw!r}") from None

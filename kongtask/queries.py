@@ -328,11 +328,6 @@ from j
 where job_queues.id = j.job_queue_id and job_queues.locked_by = $1::text"""
 
     @cached_property
-    def release_worker(self) -> str:
-        """Free anything still locked by this worker id (last step of shutdown)."""
-        return self.force_unlock_workers
-
-    @cached_property
     def sweep_stale_locks(self) -> str:
         """Free locks older than 4 hours: their holders are presumed dead."""
         s = self.s

@@ -175,7 +175,6 @@ class Runner:
         # server's second core idle and the slots waiting a whole fetch
         # (~8 ms per 500 rows here) after every batch; with two, the next
         # batch is already on its way while the last one runs.
-        self._fetchers = _FETCH_PIPELINES
         self._active = 0  # fetch statements in flight
         self._inflight = 0  # jobs those statements may return
         self._min_batch = max(1, self._queue_size // 5)
@@ -201,7 +200,6 @@ class Runner:
         self._completer: Completer | None = None
         self._utils: WorkerUtils | None = None
         self._shutdown_task: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._signals_installed: list[int] = []
         self.ready = asyncio.Event()
         # Parsed now, so a bad crontab fails before anything connects.
@@ -219,7 +217,7 @@ class Runner:
         checked, and housekeeping (stale-lock sweep, first heartbeat) runs in
         the background, so a pool is ready after a handful of round trips.
         """
-        loop = self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
         opts = self.options
         listening: asyncio.Task[None] | None = None
         if not self._once:
@@ -288,7 +286,7 @@ class Runner:
         )
         self.events.emit("pool:create", {"worker_id": self.worker_id, "runner": self})
         self._slots = [loop.create_task(self._slot()) for _ in range(self._concurrency)]
-        for _ in range(self._fetchers):
+        for _ in range(_FETCH_PIPELINES):
             self._background.append(loop.create_task(self._fetch_loop()))
         if not self._once:
             self._background.append(loop.create_task(self._poll_loop()))
@@ -400,8 +398,8 @@ class Runner:
         # The fetch loop exits by itself once it sees _stopping; a fetch in
         # flight is allowed to finish, so the jobs it locks come back to us
         # (and are returned below) instead of being left locked in the database.
-        fetchers = self._background[: self._fetchers]
-        for task in self._background[self._fetchers :]:
+        fetchers = self._background[:_FETCH_PIPELINES]
+        for task in self._background[_FETCH_PIPELINES:]:
             task.cancel()
         if fetchers:
             _, late = await asyncio.wait(fetchers, timeout=5)
@@ -437,7 +435,7 @@ class Runner:
                 # Nothing runs and every result is written: whatever this worker
                 # id still holds was never started, so its attempt is undone.
                 await self._pool.execute(self.queries.return_orphans, self.worker_id, [])
-                await self._pool.execute(self.queries.release_worker, [self.worker_id])
+                await self._pool.execute(self.queries.force_unlock_workers, [self.worker_id])
                 if self._heartbeats:
                     await self._pool.execute(self.queries.forget_worker, self.worker_id)
         except (*_DB_ERRORS, asyncio.TimeoutError) as exc:
@@ -722,7 +720,8 @@ class Runner:
     def _want_prefetch(self) -> bool:
         """A pipeline is free and less than a batch is queued or on its way."""
         return (
-            self._active < self._fetchers and len(self._local) + self._inflight <= self._queue_size
+            self._active < _FETCH_PIPELINES
+            and len(self._local) + self._inflight <= self._queue_size
         )
 
     async def _next_job(self) -> Job | None:
@@ -741,7 +740,7 @@ class Runner:
                 return None
             waiter: asyncio.Future[Job | None] = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
-            if self._active < self._fetchers:
+            if self._active < _FETCH_PIPELINES:
                 self._wakeup.set()
             job = await waiter
             if job is None:
