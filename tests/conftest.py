@@ -11,6 +11,7 @@ import asyncio
 import os
 import secrets
 import socket
+import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -85,6 +86,23 @@ async def drop_schema(dsn: str, schema: str) -> None:
         await conn.execute(f"drop schema if exists {quote_ident(schema)} cascade")
     finally:
         await conn.close()
+
+
+async def spawn_kongtask(
+    *args: str,
+    env: dict[str, str] | None = None,
+    stderr: int | None = asyncio.subprocess.PIPE,
+) -> asyncio.subprocess.Process:
+    """``python -m kongtask ARGS`` as a real subprocess, stdout piped, for CLI tests."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "kongtask",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=stderr,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.fixture

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +12,8 @@ import orjson
 
 from kongtask import JobSpec, WorkerUtils
 from kongtask.db import quote_ident
+
+from .conftest import spawn_kongtask
 
 TASKS = """
 import os
@@ -36,15 +36,7 @@ async def record(payload, helpers):
 async def _cli(
     *args: str, env: dict[str, str] | None = None, timeout: float = 60
 ) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "kongtask",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **(env or {})},
-    )
+    proc = await spawn_kongtask(*args, env=env)
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     return proc.returncode or 0, out.decode(), err.decode()
 
@@ -147,10 +139,7 @@ async def test_sigterm_finishes_running_job_and_unlocks(
             *(JobSpec("record", {"n": i}, run_at=None, queue_name="later") for i in range(2, 4)),
         ]
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "kongtask",
+    proc = await spawn_kongtask(
         "run",
         "-c",
         database_url,
@@ -160,9 +149,7 @@ async def test_sigterm_finishes_running_job_and_unlocks(
         str(tmp_path / "cli_tasks.py"),
         "-j",
         "1",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "TEST_SCHEMA": utils.schema},
+        env={"TEST_SCHEMA": utils.schema},
     )
     assert proc.stdout is not None
     line = await asyncio.wait_for(proc.stdout.readline(), 30)

@@ -7,7 +7,6 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import kongtask
 from kongtask import InvalidJobSpec, JobSpec, WorkerUtils
 from kongtask.db import quote_ident
 
+from .conftest import spawn_kongtask
 from .test_worker import Recorder, _jobs, _locked_rows
 
 SLOW_TASKS = """
@@ -38,10 +38,7 @@ async def test_killed_worker_jobs_are_freed_by_heartbeat_within_seconds(
 ) -> None:
     (tmp_path / "slow_tasks.py").write_text(SLOW_TASKS)
     job = await utils.add_job("slow", {"n": 1}, queue_name="serial")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "kongtask",
+    proc = await spawn_kongtask(
         "run",
         "-c",
         database_url,
@@ -53,7 +50,6 @@ async def test_killed_worker_jobs_are_freed_by_heartbeat_within_seconds(
         "0.2",
         "--dead-worker-timeout",
         "1",
-        stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
     )
     assert proc.stdout is not None
@@ -108,9 +104,12 @@ async def test_live_pools_are_not_declared_dead(
     try:
         await started.wait_for(1)
         # Several sweeps of the other pool happen here; the holder keeps its job.
-        while await conn.fetchval(
-            f"select count(*) from {quote_ident(utils.schema)}._kongtask_workers"
-        ) < 2:
+        while (
+            await conn.fetchval(
+                f"select count(*) from {quote_ident(utils.schema)}._kongtask_workers"
+            )
+            < 2
+        ):
             await asyncio.sleep(0.05)  # polling a table: the first beats are in flight
         for _ in range(3):
             before = await conn.fetchval(
