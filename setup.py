@@ -4,6 +4,10 @@ The pure-Python twins always ship, so a failed or skipped compile still gives a
 working package; ``kongtask._core.IMPLEMENTATION`` tells which one loaded.
 Set ``KONGTASK_NO_EXTENSIONS=1`` to skip compiling, ``KONGTASK_CYTHON_ANNOTATE=1``
 to write the annotated HTML next to each .pyx.
+
+It also copies the top-level ``sql/`` (the repository's one copy of the schema)
+into the built package as ``kongtask/sql/``, so a wheel carries the files that
+``kongtask.migrate`` reads; the source tree never holds that copy.
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ from pathlib import Path
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).parent
 CORE = HERE / "kongtask" / "_core"
+SQL = HERE / "sql"
 
 
 def _want_extensions() -> bool:
@@ -43,6 +49,40 @@ class _OptionalBuildExt(build_ext):
             if os.environ.get("KONGTASK_REQUIRE_EXTENSIONS"):
                 raise
             print(f"kongtask: could not compile {ext.name} ({exc})", file=sys.stderr)
+
+
+class _BuildPyWithSql(build_py):
+    """Adds ``sql/*.sql`` to the built package as ``kongtask/sql/*.sql``.
+
+    A build step rather than a committed copy, so git holds the schema once. In
+    an editable install nothing is copied (kongtask finds ``sql/`` beside the
+    package), but the mapping is still reported so a strict editable install
+    links the files into its tree.
+    """
+
+    def _sql_mapping(self) -> dict[str, str]:
+        sources = sorted(SQL.glob("*.sql"))
+        if not sources:
+            raise FileNotFoundError(f"no SQL files in {SQL}: the build would ship no schema")
+        target = Path(self.build_lib) / "kongtask" / "sql"
+        return {str(target / src.name): str(src) for src in sources}
+
+    def run(self) -> None:
+        super().run()
+        if self.editable_mode:
+            return
+        for target, source in self._sql_mapping().items():
+            self.mkpath(str(Path(target).parent))
+            self.copy_file(source, target)
+
+    def get_output_mapping(self) -> dict[str, str]:
+        return {**super().get_output_mapping(), **self._sql_mapping()}
+
+    def get_outputs(self, include_bytecode: bool = True) -> list[str]:  # type: ignore[override]
+        outputs = super().get_outputs(include_bytecode)
+        if self.editable_mode:  # already built from get_output_mapping
+            return outputs
+        return [*outputs, *self._sql_mapping()]
 
 
 def _extensions() -> list:
@@ -76,4 +116,7 @@ def _extensions() -> list:
     )
 
 
-setup(ext_modules=_extensions(), cmdclass={"build_ext": _OptionalBuildExt})
+setup(
+    ext_modules=_extensions(),
+    cmdclass={"build_ext": _OptionalBuildExt, "build_py": _BuildPyWithSql},
+)

@@ -47,11 +47,38 @@ class MigrationResult:
     kongtask_version: int = len(KONGTASK_MIGRATIONS)
 
 
+#: Where the SQL files are looked for, in this order. The repository keeps the one
+#: copy in its top-level ``sql/``; the build copies it into the package (``kongtask/sql``
+#: inside a wheel, or an install built from the sdist), while a source checkout or an
+#: editable install finds it beside the package. The packaged copy comes first so an
+#: installed kongtask never reads a stray ``site-packages/sql`` of another project.
+SQL_DIRS: tuple[Path, ...] = (
+    Path(__file__).parent / "sql",
+    Path(__file__).parent.parent / "sql",
+)
+
+
+def read_sql(filename: str) -> str:
+    """The text of one of kongtask's SQL files; says every place it looked when missing.
+
+    Plain paths rather than ``importlib.resources``: kongtask ships compiled
+    extensions, so it never runs from a zip, and that import alone costs ~8 ms
+    of start-up.
+    """
+    for folder in SQL_DIRS:
+        path = folder / filename
+        if path.is_file():
+            return path.read_text("utf-8")
+    tried = ", ".join(str(folder / filename) for folder in SQL_DIRS)
+    raise FileNotFoundError(
+        f"kongtask's SQL file {filename!r} is missing (looked in: {tried}); the install is "
+        "incomplete: reinstall kongtask, or in a source checkout restore the top-level sql/"
+    )
+
+
 def schema_sql(schema: str, filename: str = "schema_0_17.sql") -> str:
     """A DDL file with the schema name substituted as a quoted identifier."""
-    # A plain path: the sql/ folder ships inside the package, and importing
-    # importlib.resources would cost start-up time for nothing.
-    template = (Path(__file__).parent / "sql" / filename).read_text("utf-8")
+    template = read_sql(filename)
     quoted = quote_ident(schema)
     tag = "$kongtask$"
     counter = 0

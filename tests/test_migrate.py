@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import asyncpg
 import pytest
 
+import kongtask.migrate
 from kongtask import SchemaTooNew, SchemaTooOld, WorkerUtils
 from kongtask.db import quote_ident
 from kongtask.errors import ConfigError
-from kongtask.migrate import LATEST_MIGRATION, ensure_compatible, migrate
+from kongtask.migrate import (
+    KONGTASK_MIGRATIONS,
+    LATEST_MIGRATION,
+    ensure_compatible,
+    migrate,
+    read_sql,
+)
 
 
 async def test_migrate_is_idempotent(database_url: str, schema: str) -> None:
@@ -90,3 +98,33 @@ async def test_missing_schema_is_reported_without_migrating(
 def test_unusable_schema_names_are_rejected(bad: str) -> None:
     with pytest.raises(ConfigError, match="schema"):
         quote_ident(bad)
+
+
+def test_sql_is_read_from_the_package_copy_before_the_repository(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    packaged, repository = tmp_path / "kongtask" / "sql", tmp_path / "sql"
+    for folder in (packaged, repository):
+        folder.mkdir(parents=True)
+        (folder / "schema_0_17.sql").write_text(f"-- {folder}")
+    (repository / "only_here.sql").write_text("-- repository")
+    monkeypatch.setattr(kongtask.migrate, "SQL_DIRS", (packaged, repository))
+    assert read_sql("schema_0_17.sql") == f"-- {packaged}"
+    assert read_sql("only_here.sql") == "-- repository"
+
+
+def test_missing_sql_names_every_path_tried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folders = (tmp_path / "kongtask" / "sql", tmp_path / "sql")
+    monkeypatch.setattr(kongtask.migrate, "SQL_DIRS", folders)
+    with pytest.raises(FileNotFoundError) as info:
+        read_sql("schema_0_17.sql")
+    for folder in folders:
+        assert str(folder / "schema_0_17.sql") in str(info.value)
+
+
+def test_every_sql_file_migrate_uses_is_found() -> None:
+    """From wherever this run imports kongtask: the checkout, an editable install, a wheel."""
+    for filename in ("schema_0_17.sql", *KONGTASK_MIGRATIONS):
+        assert "__SCHEMA__" in read_sql(filename)
