@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -173,6 +174,32 @@ async def test_sigterm_finishes_running_job_and_unlocks(
         )
         == 0
     )
+
+
+async def test_metrics_port_without_prometheus_client_says_what_to_install(
+    database_url: str, utils: WorkerUtils, tmp_path: Path
+) -> None:
+    # A package of that name that fails to import stands in for a missing install.
+    hidden = tmp_path / "hide" / "prometheus_client"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    (tmp_path / "cli_tasks.py").write_text(TASKS)
+    path = os.pathsep.join(filter(None, [str(hidden.parent), os.environ.get("PYTHONPATH")]))
+    code, _, err = await _cli(
+        "run",
+        "-c",
+        database_url,
+        "-s",
+        utils.schema,
+        "--once",
+        "--tasks",
+        str(tmp_path / "cli_tasks.py"),
+        "--metrics-port",
+        "0",
+        env={"PYTHONPATH": path},
+    )
+    assert code == 2, err
+    assert "--metrics-port needs prometheus-client: pip install 'kongtask[metrics]'" in err
 
 
 async def test_info_names_the_implementation() -> None:
