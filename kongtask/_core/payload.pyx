@@ -52,15 +52,30 @@ from kongtask.errors import InvalidJobSpec
 import_datetime()
 
 __all__ = [
+    "FIELD_NAMES",
     "JOB_KEY_MODES",
     "JobSpec",
     "encode_payload",
     "encode_run_at",
     "encode_specs",
+    "validate_field",
     "validate_job",
 ]
 
 JOB_KEY_MODES = ("replace", "preserve_run_at", "unsafe_dedupe")
+# The job fields validate_field knows: add_job's arguments in signature order, then
+# attempts, which only reschedule_jobs sets.
+FIELD_NAMES = (
+    "identifier",
+    "queue_name",
+    "run_at",
+    "max_attempts",
+    "job_key",
+    "job_key_mode",
+    "priority",
+    "flags",
+    "attempts",
+)
 
 _SPEC_KEYS = (
     "identifier",
@@ -235,20 +250,90 @@ cdef int _check_flags(str field, object flags) except -1:
     return 0
 
 
+# One rule per job field, called with the field name the error is to carry. They
+# are the field-level validator: validate_field picks one by name, _check_fields
+# (behind validate_job and encode_specs) runs them all in signature order.
+
+cdef inline int _check_identifier(str field, object value) except -1:
+    return _check_str(field, value, MAX_IDENTIFIER, False)
+
+
+cdef inline int _check_queue_name(str field, object value) except -1:
+    return _check_str(field, value, MAX_QUEUE_NAME, True)
+
+
+cdef inline int _check_run_at(str field, object value) except -1:
+    if value is not None and not isinstance(value, _datetime):
+        raise _InvalidJobSpec(field, f"must be a datetime, got {type(value).__name__}")
+    return 0
+
+
+cdef inline int _check_max_attempts(str field, object value) except -1:
+    return _check_int(field, value, 1, SMALLINT_MAX)
+
+
+cdef inline int _check_job_key(str field, object value) except -1:
+    return _check_str(field, value, MAX_JOB_KEY, True)
+
+
+cdef int _check_job_key_mode(str field, object value) except -1:
+    if value is not None and value not in JOB_KEY_MODES:
+        choices = ", ".join([repr(mode) for mode in JOB_KEY_MODES])
+        raise _InvalidJobSpec(field, f"must be one of {choices}, got {value!r}")
+    return 0
+
+
+cdef inline int _check_priority(str field, object value) except -1:
+    return _check_int(field, value, SMALLINT_MIN, SMALLINT_MAX)
+
+
+cdef inline int _check_attempts(str field, object value) except -1:
+    return _check_int(field, value, 0, SMALLINT_MAX)
+
+
+def validate_field(name, value, *, field=None):
+    """Raises :class:`InvalidJobSpec` if ``value`` is not a valid job field ``name``.
+
+    See the pure twin: ``name`` is one of :data:`FIELD_NAMES`, the error's
+    ``field`` is ``field`` when given, else ``name``.
+    """
+    if not isinstance(name, str) or name not in FIELD_NAMES:
+        raise ValueError(f"unknown job field {name!r}; expected one of {', '.join(FIELD_NAMES)}")
+    if field is None:
+        field = name
+    elif not isinstance(field, str):
+        raise TypeError(f"field must be a string, got {type(field).__name__}")
+    if name == "identifier":
+        _check_identifier(field, value)
+    elif name == "queue_name":
+        _check_queue_name(field, value)
+    elif name == "run_at":
+        _check_run_at(field, value)
+    elif name == "max_attempts":
+        _check_max_attempts(field, value)
+    elif name == "job_key":
+        _check_job_key(field, value)
+    elif name == "job_key_mode":
+        _check_job_key_mode(field, value)
+    elif name == "priority":
+        _check_priority(field, value)
+    elif name == "flags":
+        _check_flags(field, value)
+    else:
+        _check_attempts(field, value)
+
+
 cdef int _check_fields(str prefix, object identifier, object queue_name, object run_at,
                        object max_attempts, object job_key, object job_key_mode,
                        object priority, object flags) except -1:
-    """The one place the rules live; raises for the first bad field in signature order."""
-    _check_str(prefix + "identifier", identifier, MAX_IDENTIFIER, False)
-    _check_str(prefix + "queue_name", queue_name, MAX_QUEUE_NAME, True)
-    if run_at is not None and not isinstance(run_at, _datetime):
-        raise _InvalidJobSpec(prefix + "run_at", f"must be a datetime, got {type(run_at).__name__}")
-    _check_int(prefix + "max_attempts", max_attempts, 1, SMALLINT_MAX)
-    _check_str(prefix + "job_key", job_key, MAX_JOB_KEY, True)
-    if job_key_mode is not None and job_key_mode not in JOB_KEY_MODES:
-        choices = ", ".join([repr(mode) for mode in JOB_KEY_MODES])
-        raise _InvalidJobSpec(prefix + "job_key_mode", f"must be one of {choices}, got {job_key_mode!r}")
-    _check_int(prefix + "priority", priority, SMALLINT_MIN, SMALLINT_MAX)
+    """Every field rule of a job, raising for the first bad field in signature order."""
+    _check_identifier(prefix + "identifier", identifier)
+    _check_queue_name(prefix + "queue_name", queue_name)
+    _check_run_at(prefix + "run_at", run_at)
+    _check_max_attempts(prefix + "max_attempts", max_attempts)
+    _check_job_key(prefix + "job_key", job_key)
+    _check_job_key_mode(prefix + "job_key_mode", job_key_mode)
+    _check_priority(prefix + "priority", priority)
     _check_flags(prefix + "flags", flags)
     return 0
 
@@ -278,7 +363,10 @@ cdef inline bint _small_int(object value, long low, long high) noexcept:
 
 def validate_job(identifier, queue_name=None, run_at=None, max_attempts=None, job_key=None,
                  job_key_mode=None, priority=None, flags=None):
-    """Raises :class:`InvalidJobSpec` for the first argument ``add_job`` would reject."""
+    """Raises :class:`InvalidJobSpec` for the first argument ``add_job`` would reject.
+
+    The field rules of :func:`validate_field`, all of them, in signature order.
+    """
     _check_fields("", identifier, queue_name, run_at, max_attempts, job_key, job_key_mode,
                   priority, flags)
 
@@ -313,8 +401,7 @@ def encode_run_at(run_at):
     """A naive ``run_at`` is taken as UTC (returned aware); an aware one passes unchanged."""
     if run_at is None:
         return None
-    if not isinstance(run_at, _datetime):
-        raise _InvalidJobSpec("run_at", f"must be a datetime, got {type(run_at).__name__}")
+    _check_run_at("run_at", run_at)
     if run_at.tzinfo is None or run_at.utcoffset() is None:
         return run_at.replace(tzinfo=_UTC)
     return run_at

@@ -20,6 +20,7 @@ which ``isoformat`` would print as ``+00:19:32``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -28,11 +29,13 @@ import orjson
 from kongtask.errors import InvalidJobSpec
 
 __all__ = [
+    "FIELD_NAMES",
     "JOB_KEY_MODES",
     "JobSpec",
     "encode_payload",
     "encode_run_at",
     "encode_specs",
+    "validate_field",
     "validate_job",
 ]
 
@@ -184,6 +187,81 @@ def _check_flags(field: str, flags: Any) -> None:
             raise InvalidJobSpec(field, f"item {index} must not contain lone surrogates")
 
 
+# One rule per job field, called with the field name the error is to carry. They
+# are the field-level validator: validate_field picks one by name, _check_fields
+# (behind validate_job and encode_specs) runs them all in signature order.
+
+
+def _check_identifier(field: str, value: Any) -> None:
+    _check_str(field, value, MAX_IDENTIFIER, False)
+
+
+def _check_queue_name(field: str, value: Any) -> None:
+    _check_str(field, value, MAX_QUEUE_NAME, True)
+
+
+def _check_run_at(field: str, value: Any) -> None:
+    if value is not None and not isinstance(value, datetime):
+        raise InvalidJobSpec(field, f"must be a datetime, got {type(value).__name__}")
+
+
+def _check_max_attempts(field: str, value: Any) -> None:
+    _check_int(field, value, 1, SMALLINT_MAX)
+
+
+def _check_job_key(field: str, value: Any) -> None:
+    _check_str(field, value, MAX_JOB_KEY, True)
+
+
+def _check_job_key_mode(field: str, value: Any) -> None:
+    if value is not None and value not in JOB_KEY_MODES:
+        choices = ", ".join(repr(mode) for mode in JOB_KEY_MODES)
+        raise InvalidJobSpec(field, f"must be one of {choices}, got {value!r}")
+
+
+def _check_priority(field: str, value: Any) -> None:
+    _check_int(field, value, SMALLINT_MIN, SMALLINT_MAX)
+
+
+def _check_attempts(field: str, value: Any) -> None:
+    _check_int(field, value, 0, SMALLINT_MAX)
+
+
+_FIELD_CHECKS: dict[str, Callable[[str, Any], None]] = {
+    "identifier": _check_identifier,
+    "queue_name": _check_queue_name,
+    "run_at": _check_run_at,
+    "max_attempts": _check_max_attempts,
+    "job_key": _check_job_key,
+    "job_key_mode": _check_job_key_mode,
+    "priority": _check_priority,
+    "flags": _check_flags,
+    "attempts": _check_attempts,
+}
+#: The job fields :func:`validate_field` knows: ``add_job``'s arguments in signature
+#: order, then ``attempts``, which only ``reschedule_jobs`` sets.
+FIELD_NAMES: tuple[str, ...] = tuple(_FIELD_CHECKS)
+
+
+def validate_field(name: str, value: Any, *, field: str | None = None) -> None:
+    """Raises :class:`InvalidJobSpec` if ``value`` is not a valid job field ``name``.
+
+    For callers that take one or two job fields rather than a whole job
+    (``reschedule_jobs``, ``remove_job``, cron items). ``name`` is one of
+    :data:`FIELD_NAMES`; the error's ``field`` is ``field`` when given (a caller
+    whose argument has another name, such as a cron item's ``task``), else ``name``.
+    ``None`` passes for every field but ``identifier``, as in ``add_job``.
+    """
+    check = _FIELD_CHECKS.get(name) if isinstance(name, str) else None
+    if check is None:
+        raise ValueError(f"unknown job field {name!r}; expected one of {', '.join(FIELD_NAMES)}")
+    if field is None:
+        field = name
+    elif not isinstance(field, str):
+        raise TypeError(f"field must be a string, got {type(field).__name__}")
+    check(field, value)
+
+
 def _check_fields(
     prefix: str,
     identifier: Any,
@@ -195,19 +273,14 @@ def _check_fields(
     priority: Any,
     flags: Any,
 ) -> None:
-    """The one place the rules live; raises for the first bad field in signature order."""
-    _check_str(prefix + "identifier", identifier, MAX_IDENTIFIER, False)
-    _check_str(prefix + "queue_name", queue_name, MAX_QUEUE_NAME, True)
-    if run_at is not None and not isinstance(run_at, datetime):
-        raise InvalidJobSpec(prefix + "run_at", f"must be a datetime, got {type(run_at).__name__}")
-    _check_int(prefix + "max_attempts", max_attempts, 1, SMALLINT_MAX)
-    _check_str(prefix + "job_key", job_key, MAX_JOB_KEY, True)
-    if job_key_mode is not None and job_key_mode not in JOB_KEY_MODES:
-        choices = ", ".join(repr(mode) for mode in JOB_KEY_MODES)
-        raise InvalidJobSpec(
-            prefix + "job_key_mode", f"must be one of {choices}, got {job_key_mode!r}"
-        )
-    _check_int(prefix + "priority", priority, SMALLINT_MIN, SMALLINT_MAX)
+    """Every field rule of a job, raising for the first bad field in signature order."""
+    _check_identifier(prefix + "identifier", identifier)
+    _check_queue_name(prefix + "queue_name", queue_name)
+    _check_run_at(prefix + "run_at", run_at)
+    _check_max_attempts(prefix + "max_attempts", max_attempts)
+    _check_job_key(prefix + "job_key", job_key)
+    _check_job_key_mode(prefix + "job_key_mode", job_key_mode)
+    _check_priority(prefix + "priority", priority)
     _check_flags(prefix + "flags", flags)
 
 
@@ -221,7 +294,10 @@ def validate_job(
     priority: Any = None,
     flags: Any = None,
 ) -> None:
-    """Raises :class:`InvalidJobSpec` for the first argument ``add_job`` would reject."""
+    """Raises :class:`InvalidJobSpec` for the first argument ``add_job`` would reject.
+
+    The field rules of :func:`validate_field`, all of them, in signature order.
+    """
     _check_fields(
         "", identifier, queue_name, run_at, max_attempts, job_key, job_key_mode, priority, flags
     )
@@ -248,8 +324,7 @@ def encode_run_at(run_at: Any) -> datetime | None:
     """A naive ``run_at`` is taken as UTC (returned aware); an aware one passes unchanged."""
     if run_at is None:
         return None
-    if not isinstance(run_at, datetime):
-        raise InvalidJobSpec("run_at", f"must be a datetime, got {type(run_at).__name__}")
+    _check_run_at("run_at", run_at)
     if run_at.tzinfo is None or run_at.utcoffset() is None:
         return run_at.replace(tzinfo=_UTC)
     return run_at

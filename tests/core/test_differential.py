@@ -209,6 +209,8 @@ field_values = {
     | st.sampled_from([["a", 1], "vip", {"a"}, ["x\0"]]),
 }
 
+job_key_modes = st.none() | st.sampled_from(["replace", "preserve_run_at", "unsafe_dedupe", "x", 1])
+
 
 @st.composite
 def spec_recipes(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
@@ -265,8 +267,7 @@ def test_encode_specs_agrees(both: tuple[Twin, Twin], recipes: list) -> None:
     run_at=field_values["run_at"],
     max_attempts=field_values["max_attempts"],
     job_key=field_values["job_key"],
-    job_key_mode=st.none()
-    | st.sampled_from(["replace", "preserve_run_at", "unsafe_dedupe", "x", 1]),
+    job_key_mode=job_key_modes,
     priority=field_values["priority"],
     flags=field_values["flags"],
 )
@@ -274,6 +275,56 @@ def test_validate_job_agrees(both: tuple[Twin, Twin], **kwargs: Any) -> None:
     pure, compiled = both
     expected = outcome(lambda: pure.payload.validate_job(**kwargs))
     assert outcome(lambda: compiled.payload.validate_job(**kwargs)) == expected
+
+
+# validate_field's names, in its order, with the kind of value each takes (field_cases
+# also hands each name the values of the others).
+validated_values = {
+    "identifier": field_values["identifier"],
+    "queue_name": field_values["queue_name"],
+    "run_at": field_values["run_at"],
+    "max_attempts": field_values["max_attempts"],
+    "job_key": field_values["job_key"],
+    "job_key_mode": job_key_modes,
+    "priority": field_values["priority"],
+    "flags": field_values["flags"],
+    "attempts": st.none() | small_ints | st.sampled_from([-1, True, 1.5, "0", 2**70]),
+}
+FIELD_NAMES = tuple(validated_values)  # in validate_field's order
+
+
+@st.composite
+def field_cases(draw: st.DrawFn) -> tuple[Any, Any]:
+    """(name, value): mostly a known field with its own kind of value, sometimes not."""
+    name = draw(st.sampled_from((*FIELD_NAMES, *FIELD_NAMES, "nope", "", "Flags", None, 1)))
+    if name in validated_values and draw(st.integers(0, 3)):
+        return name, draw(validated_values[name])
+    return name, draw(st.sampled_from(list(validated_values.values())).flatmap(lambda s: s))
+
+
+@SETTINGS
+@given(case=field_cases(), field=st.none() | st.text(max_size=8) | st.sampled_from([None, 3]))
+def test_validate_field_agrees(both: tuple[Twin, Twin], case: tuple[Any, Any], field: Any) -> None:
+    pure, compiled = both
+    name, value = case
+    assert pure.payload.FIELD_NAMES == compiled.payload.FIELD_NAMES == FIELD_NAMES
+    expected = outcome(lambda: pure.payload.validate_field(name, value, field=field))
+    assert outcome(lambda: compiled.payload.validate_field(name, value, field=field)) == expected
+
+
+@SETTINGS
+@given(case=field_cases())
+def test_validate_field_judges_as_validate_job_does(
+    both: tuple[Twin, Twin], case: tuple[Any, Any]
+) -> None:
+    """One field through validate_field, or alone (with a good identifier) through validate_job."""
+    name, value = case
+    assume(name in FIELD_NAMES and name != "attempts")
+    args = {"identifier": "task", name: value}
+    for twin in both:
+        assert outcome(lambda t=twin: t.payload.validate_field(name, value)) == outcome(
+            lambda t=twin: t.payload.validate_job(**args)
+        )
 
 
 @SETTINGS

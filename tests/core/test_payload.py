@@ -154,6 +154,92 @@ def test_subclasses_of_str_and_int_are_accepted(twin: Twin) -> None:
     assert text == '[{"identifier":"task","payload":{},"queue_name":"q","max_attempts":3}]'
 
 
+# --- validate_field -----------------------------------------------------------------------
+
+
+def test_field_names_are_add_job_arguments_in_order_then_attempts(twin: Twin) -> None:
+    assert twin.payload.FIELD_NAMES == (
+        "identifier",
+        "queue_name",
+        "run_at",
+        "max_attempts",
+        "job_key",
+        "job_key_mode",
+        "priority",
+        "flags",
+        "attempts",
+    )
+
+
+@pytest.mark.parametrize(("kwargs", "field", "message"), INVALID)
+def test_validate_field_says_what_validate_job_says(
+    twin: Twin, kwargs: dict[str, Any], field: str, message: str
+) -> None:
+    [(name, value)] = kwargs.items()
+    with pytest.raises(InvalidJobSpec) as info:
+        twin.payload.validate_field(name, value)
+    assert (info.value.field, info.value.message) == (field, message)
+    assert str(info.value) == f"{field}: {message}"
+
+
+def test_validate_field_accepts_what_validate_job_accepts(twin: Twin) -> None:
+    valid = {
+        "identifier": ["task", "t" * 128, "tâche_é🎉"],
+        "queue_name": [None, "q", "q" * 128],
+        "run_at": [None, datetime(2026, 1, 1), datetime(2026, 1, 1, tzinfo=UTC)],
+        "max_attempts": [None, 1, 32767],
+        "job_key": [None, "k", "k" * 512],
+        "job_key_mode": [None, "replace", "preserve_run_at", "unsafe_dedupe"],
+        "priority": [None, -32768, 0, 32767],
+        "flags": [None, [], ("a",), ["a", "b"]],
+        "attempts": [None, 0, 32767],
+    }
+    assert tuple(valid) == twin.payload.FIELD_NAMES
+    for name, values in valid.items():
+        for value in values:
+            assert twin.payload.validate_field(name, value) is None, (name, value)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (-1, "must be between 0 and 32767, got -1"),
+        (32768, "must be between 0 and 32767, got 32768"),
+        (2**70, f"must be between 0 and 32767, got {2**70}"),
+        (True, "must be an integer, got bool"),
+        (1.5, "must be an integer, got float"),
+        ("3", "must be an integer, got str"),
+    ],
+)
+def test_attempts_is_a_smallint_from_zero(twin: Twin, value: Any, message: str) -> None:
+    with pytest.raises(InvalidJobSpec) as info:
+        twin.payload.validate_field("attempts", value)
+    assert (info.value.field, info.value.message) == ("attempts", message)
+
+
+def test_validate_field_names_the_callers_argument(twin: Twin) -> None:
+    with pytest.raises(InvalidJobSpec) as info:
+        twin.payload.validate_field("identifier", "", field="task")
+    assert (info.value.field, str(info.value)) == ("task", "task: must not be empty")
+    with pytest.raises(InvalidJobSpec) as info:
+        twin.payload.validate_field("priority", 10**6, field="specs[2].priority")
+    assert info.value.field == "specs[2].priority"
+    with pytest.raises(TypeError, match="field must be a string, got int"):
+        twin.payload.validate_field("priority", 10**6, field=2)
+
+
+@pytest.mark.parametrize("name", ["nope", "", "Identifier", "payload", 1, None])
+def test_validate_field_refuses_unknown_names(twin: Twin, name: Any) -> None:
+    expected = (
+        f"unknown job field {name!r}; expected one of identifier, queue_name, run_at, "
+        "max_attempts, job_key, job_key_mode, priority, flags, attempts"
+    )
+    with pytest.raises(ValueError) as info:
+        twin.payload.validate_field(name, "x")
+    assert str(info.value) == expected
+    assert not isinstance(info.value, InvalidJobSpec)  # a caller's bug, not a bad value
+
+
 # --- JobSpec ------------------------------------------------------------------------------
 
 
