@@ -248,11 +248,10 @@ class WorkerUtils:
         max_attempts: int | None = None,
     ) -> list[Job]:
         """Change when and how often jobs run; None leaves a field as it is."""
-        payload.validate_job(
-            "reschedule", run_at=run_at, max_attempts=max_attempts, priority=priority
-        )
-        if attempts is not None and (isinstance(attempts, bool) or not 0 <= attempts <= 32767):
-            raise InvalidJobSpec("attempts", f"must be an integer in 0..32767, got {attempts!r}")
+        payload.validate_field("run_at", run_at)
+        payload.validate_field("priority", priority)
+        payload.validate_field("attempts", attempts)
+        payload.validate_field("max_attempts", max_attempts)
         return await self._fetch_jobs(
             self.queries.reschedule_jobs,
             list(ids),
@@ -264,7 +263,7 @@ class WorkerUtils:
 
     async def remove_job(self, job_key: str) -> Job | None:
         """Delete the job with this key, or stop it from retrying if it is running."""
-        payload.validate_job("remove_job", job_key=job_key)
+        payload.validate_field("job_key", job_key)
         jobs = await self._fetch_jobs(self.queries.remove_job, job_key)
         return jobs[0] if jobs else None
 

@@ -121,14 +121,11 @@ class CronItem:
             )
         if self.schedule.never:
             raise InvalidJobSpec("schedule", f"{self.schedule.source!r} can never fire")
-        _payload.validate_job(
-            self.task,
-            queue_name=self.queue_name,
-            max_attempts=self.max_attempts,
-            job_key=self.job_key,
-            job_key_mode=self.job_key_mode,
-            priority=self.priority,
-        )
+        # The task is the job's identifier; errors name it as this item's ``task``
+        # (the item's own ``identifier`` is its crontab id, checked below).
+        _payload.validate_field("identifier", self.task, field="task")
+        for name in ("queue_name", "max_attempts", "job_key", "job_key_mode", "priority"):
+            _payload.validate_field(name, getattr(self, name))
         if not isinstance(self.identifier, str) or not self.identifier:
             raise InvalidJobSpec("identifier", "must be a non-empty string")
         if "\0" in self.identifier:

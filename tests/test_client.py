@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import asyncpg
 import orjson
@@ -223,6 +224,35 @@ async def test_remove_job_deletes_or_disables(
     assert disabled is not None and disabled.key is None
     assert disabled.attempts == disabled.max_attempts
     assert await utils.remove_job("absent") is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"run_at": "2033-03-03"}, "run_at"),
+        ({"priority": 40000}, "priority"),
+        ({"attempts": -1}, "attempts"),
+        ({"attempts": "3"}, "attempts"),  # used to escape as a TypeError
+        ({"attempts": 1.5}, "attempts"),  # used to reach the database
+        ({"max_attempts": 0}, "max_attempts"),
+    ],
+)
+async def test_reschedule_bad_arguments_name_the_field(
+    utils: WorkerUtils, kwargs: dict[str, Any], field: str
+) -> None:
+    job = await utils.add_job("t")
+    with pytest.raises(InvalidJobSpec) as info:
+        await utils.reschedule_jobs([job.id], **kwargs)
+    assert info.value.field == field
+    [unchanged] = await utils.get_jobs([job.id])
+    assert (unchanged.run_at, unchanged.attempts, unchanged.priority) == (job.run_at, 0, 0)
+
+
+@pytest.mark.parametrize("key", ["", "k" * 513, "nul\x00", 5])
+async def test_remove_job_bad_key_names_the_field(utils: WorkerUtils, key: Any) -> None:
+    with pytest.raises(InvalidJobSpec) as info:
+        await utils.remove_job(key)
+    assert info.value.field == "job_key"
 
 
 async def test_force_unlock_workers(

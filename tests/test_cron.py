@@ -266,6 +266,11 @@ def test_cron_item_errors() -> None:
         with pytest.raises(InvalidJobSpec) as spec_error:
             CronItem.create("t", "* * * * *", **kwargs)
         assert spec_error.value.field == field, kwargs
+    for task in ["", "t" * 129, "a\0b", 5]:
+        # The task is the job's identifier, but the item has an identifier of its own.
+        with pytest.raises(InvalidJobSpec) as spec_error:
+            CronItem.create(task, "* * * * *", identifier="ok")  # type: ignore[arg-type]
+        assert spec_error.value.field == "task", task
     with pytest.raises(InvalidJobSpec):
         CronItem("t", "* * * * *", "t")  # type: ignore[arg-type]
     with pytest.raises(InvalidJobSpec):
