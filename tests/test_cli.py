@@ -42,6 +42,15 @@ async def _cli(
     return proc.returncode or 0, out.decode(), err.decode()
 
 
+async def _run_once(
+    database_url: str, schema: str, tasks: Path, *extra: str, env: dict[str, str] | None = None
+) -> tuple[int, str, str]:
+    """``kongtask run --once`` on ``schema`` with the tasks of one file."""
+    return await _cli(
+        "run", "-c", database_url, "-s", schema, "--once", "--tasks", str(tasks), *extra, env=env
+    )
+
+
 async def _seen_table(conn: asyncpg.Connection) -> None:
     await conn.execute(
         "create table if not exists public.kongtask_cli_seen (schema_name text, n int)"
@@ -69,16 +78,8 @@ async def test_add_then_run_once(
     assert code == 0, err
     added = orjson.loads(out.strip().splitlines()[-1])
     assert added["task"] == "record" and added["queue"] == "q"
-    code, out, err = await _cli(
-        "run",
-        "-c",
-        database_url,
-        "-s",
-        utils.schema,
-        "--once",
-        "--tasks",
-        str(tmp_path / "cli_tasks.py"),
-        env={"TEST_SCHEMA": utils.schema},
+    code, out, err = await _run_once(
+        database_url, utils.schema, tmp_path / "cli_tasks.py", env={"TEST_SCHEMA": utils.schema}
     )
     assert code == 0, err
     assert await conn.fetchval(
@@ -92,16 +93,7 @@ async def test_bad_payload_and_missing_tasks_exit_codes(
     code, _, err = await _cli("add", "-c", database_url, "-s", utils.schema, "t", "{nope")
     assert code == 2 and "payload" in err
     (tmp_path / "broken.py").write_text("raise RuntimeError('cannot import me')\n")
-    code, _, err = await _cli(
-        "run",
-        "-c",
-        database_url,
-        "-s",
-        utils.schema,
-        "--once",
-        "--tasks",
-        str(tmp_path / "broken.py"),
-    )
+    code, _, err = await _run_once(database_url, utils.schema, tmp_path / "broken.py")
     assert code == 4 and "cannot import me" in err
 
 
@@ -185,15 +177,10 @@ async def test_metrics_port_without_prometheus_client_says_what_to_install(
     (hidden / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
     (tmp_path / "cli_tasks.py").write_text(TASKS)
     path = os.pathsep.join(filter(None, [str(hidden.parent), os.environ.get("PYTHONPATH")]))
-    code, _, err = await _cli(
-        "run",
-        "-c",
+    code, _, err = await _run_once(
         database_url,
-        "-s",
         utils.schema,
-        "--once",
-        "--tasks",
-        str(tmp_path / "cli_tasks.py"),
+        tmp_path / "cli_tasks.py",
         "--metrics-port",
         "0",
         env={"PYTHONPATH": path},
