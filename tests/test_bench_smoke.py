@@ -1,15 +1,19 @@
 """``kongtask bench --quick``: every scenario runs and every job runs exactly once.
 
 A CI smoke of the benchmark harness. It asserts correctness only (every job
-ran, nothing left behind, sample counts, the results file), never speed:
-speed on a shared CI runner means nothing. The bench creates its own
-database on the test server; the ``database_url`` fixture only says which
-server that is.
+ran, nothing left behind, sample counts, CPU figures present, the results
+file), never speed: speed on a shared CI runner means nothing. The bench
+creates its own database on the test server; the ``database_url`` fixture
+only says which server that is.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +21,26 @@ import asyncpg
 import orjson
 import pytest
 
-from kongtask.benchmark import main
+from kongtask import WorkerUtils
+from kongtask.benchmark import main, spawn
 from kongtask.benchmark.common import percentile, summarize
+from kongtask.benchmark.cpu import locate_server, process_cpu_s
 from kongtask.benchmark.database import split_password, with_database
 from kongtask.benchmark.harness import QUICK, SCENARIOS, _compiled_available
 from kongtask.benchmark.node import default_bench_dir
+from kongtask.benchmark.report import source_root
+from kongtask.db import quote_ident
 
 pytestmark = pytest.mark.timeout(240)
 
 BENCH_DB = "kongtask_bench"
 KT_SCENARIOS = ("enqueue", "drain", "latency", "scheduled", "memory", "startup", "processes")
 GW_SCENARIOS = ("enqueue", "drain", "latency", "scheduled", "memory", "startup")
+#: Results key of the quick drain-from-spawn run (one queue size).
+SPAWN_KEY = spawn.key(QUICK["spawn_jobs"][0])
+#: Scenarios whose results carry CPU per job, for each side.
+KT_CPU_SCENARIOS = ("enqueue", "drain", "memory", "processes", SPAWN_KEY)
+GW_CPU_SCENARIOS = ("enqueue", "drain", "memory", SPAWN_KEY)
 
 
 def _can_compare() -> bool:
@@ -53,7 +66,30 @@ def bench_run(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> di
     assert len(files) == 1, f"expected one results file in {out}, found {files}"
     document = orjson.loads(files[0].read_bytes())
     return {"code": code, "doc": document, "dir": out, "compare": compare,
-            "database_url": database_url}
+            "database_url": database_url, "server_local": _server_is_local(database_url)}
+
+
+def _server_is_local(database_url: str) -> bool:
+    """Whether this machine can read the server's CPU: its postmaster.pid is readable
+    here and names a live process (decided without the bench's own code)."""
+
+    async def data_directory() -> str | None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return str(await conn.fetchval("show data_directory"))
+        except asyncpg.InsufficientPrivilegeError:
+            return None
+        finally:
+            await conn.close()
+
+    folder = asyncio.run(data_directory())
+    if folder is None:
+        return False
+    try:
+        pid = int((Path(folder) / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return False
+    return Path(f"/proc/{pid}/stat").exists()
 
 
 def _rounds(doc: dict[str, Any], scenario: str, engine: str) -> list[dict[str, Any]]:
@@ -132,6 +168,65 @@ def test_sample_counts(bench_run: dict[str, Any]) -> None:
         assert 0 < mem["idle_rss_mb"] <= mem["peak_rss_mb"]
 
 
+def test_drain_from_spawn_runs_every_job_once(bench_run: dict[str, Any]) -> None:
+    doc = bench_run["doc"]
+    size = QUICK["spawn_jobs"][0]
+    engines = [*_kongtask_engines(doc), *(["graphile-worker"] if bench_run["compare"] else [])]
+    for engine in engines:
+        (r,) = _rounds(doc, SPAWN_KEY, engine)
+        assert (r["jobs"], r["handled"], r["checksum_ok"]) == (size, size, True), (engine, r)
+        assert (r["remaining"], r["locked"], r["exit_code"]) == (0, 0, 0), (engine, r)
+        assert r["seconds"] > 0 and r["jobs_per_sec"] > 0 and r["polls"] >= 1
+        assert r["empty_poll_ms"] == 100
+    for engine in _kongtask_engines(doc):
+        (r,) = _rounds(doc, SPAWN_KEY, engine)
+        # The CLI as a user runs it: no tuning flag, so kongtask's defaults are measured.
+        assert r["command"][1:4] == ["-m", "kongtask", "run"]
+        assert not any(a.startswith(("--local-queue", "--complete-batch", "--max-pool"))
+                       for a in r["command"])
+        assert r["impl"] == doc["engines"][engine]["implementation"]
+    assert doc["ratios"][f"{SPAWN_KEY}.jobs_per_sec"]
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def test_cpu_per_job_is_reported(bench_run: dict[str, Any]) -> None:
+    """Worker CPU is always measured; PostgreSQL's whenever the server is on this machine.
+
+    A per-window PostgreSQL figure may round to zero (``/proc`` counts 10 ms
+    ticks, and a quick window is a few of them), so each must be a number >= 0
+    and their sum per engine, and drain-from-spawn's own figure, above zero.
+    """
+    doc = bench_run["doc"]
+    local = bench_run["server_local"]
+    assert doc["postgres"]["cpu"]["available"] is local, doc["postgres"]["cpu"]
+    if not local:
+        assert doc["postgres"]["cpu"]["reason"]
+    sides = [(e, KT_CPU_SCENARIOS) for e in _kongtask_engines(doc)]
+    if bench_run["compare"]:
+        sides.append(("graphile-worker", GW_CPU_SCENARIOS))
+    for engine, scenarios in sides:
+        server_total = 0.0
+        for scenario in scenarios:
+            for r in _rounds(doc, scenario, engine):
+                assert _number(r["cpu_us_per_job"]) and r["cpu_us_per_job"] > 0, (engine, r)
+                assert "pg_cpu_us_per_job" in r, (engine, scenario)
+                if local:
+                    assert _number(r["pg_cpu_us_per_job"]) and r["pg_cpu_us_per_job"] >= 0
+                    server_total += r["pg_cpu_us_per_job"]
+                else:
+                    assert r["pg_cpu_us_per_job"] is None
+        if local:
+            assert server_total > 0, engine
+            (r,) = _rounds(doc, SPAWN_KEY, engine)
+            assert r["pg_cpu_us_per_job"] > 0, (engine, r)
+    if local:
+        assert doc["summary"]["drain"]["kongtask"]["pg_cpu_us_per_job"] >= 0
+        assert "drain.cpu_us_per_job" in doc["ratios"]
+
+
 def test_graphile_worker_side(bench_run: dict[str, Any]) -> None:
     if not bench_run["compare"]:
         pytest.skip("node or bench/graphile-worker is not available")
@@ -156,7 +251,8 @@ def test_results_file_describes_the_run(bench_run: dict[str, Any]) -> None:
         assert doc["postgres"]["settings"][name]
     assert doc["postgres"]["database"] == BENCH_DB
     assert doc["packages"]["asyncpg"] and doc["packages"]["implementation"]
-    assert set(doc["scenarios"]) == set(KT_SCENARIOS)
+    assert set(doc["scenarios"]) == {*KT_SCENARIOS, spawn.SCENARIO}
+    assert doc["sizes"]["spawn_jobs"] == list(QUICK["spawn_jobs"])
     _, password = split_password(bench_run["database_url"])
     if password:
         assert password not in orjson.dumps(doc).decode()
@@ -204,6 +300,71 @@ def test_unknown_scenario_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -
     assert exc.value.code == 2
     assert "unknown scenario" in capsys.readouterr().err
     assert "implementations" in SCENARIOS
+    assert spawn.SCENARIO in SCENARIOS
+
+
+@pytest.mark.parametrize("sizes", ["0", "1000,x", ","])
+def test_bad_spawn_sizes_are_a_usage_error(sizes: str) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--spawn-jobs", sizes])
+    assert exc.value.code == 2
+
+
+def test_spawn_keys_round_trip() -> None:
+    assert spawn.jobs_of(spawn.key(100_000)) == 100_000
+    assert spawn.jobs_of("drain") is None
+    assert spawn.jobs_of("drain-from-spawn@x") is None
+
+
+def test_a_server_elsewhere_has_no_cpu_figure(tmp_path: Path) -> None:
+    """A data directory that is not here, and a backend pid that is no local process."""
+    found = locate_server(str(tmp_path / "nowhere"), 5432, 0.0, 2**22 + 12345)
+    assert not found.available and found.sample() is None
+    assert "not on this machine" in (found.reason or "")
+    # A postmaster.pid of another server (other port) is not taken for this one.
+    (tmp_path / "postmaster.pid").write_text(f"{os.getpid()}\n{tmp_path}\n0\n1\n")
+    assert not locate_server(str(tmp_path), 5432, 0.0, 2**22 + 12345).available
+    assert process_cpu_s(os.getpid()) is not None
+
+
+def test_outside_script_agrees_the_queue_drains(bench_run: dict[str, Any]) -> None:
+    """bench/outside/spawn_to_empty.sh (bash, psql, /proc, date) on kongtask's CLI."""
+    root = source_root()
+    script = root / "bench" / "outside" / "spawn_to_empty.sh" if root else None
+    if script is None or not script.is_file() or shutil.which("psql") is None \
+            or shutil.which("bash") is None:
+        pytest.skip("needs the source tree, bash and psql")
+    bench_dsn = with_database(bench_run["database_url"], BENCH_DB)
+    dsn, password = split_password(bench_dsn)  # the password goes in PGPASSWORD
+    schema = f"outside_{os.getpid()}"
+
+    async def migrate() -> None:
+        async with WorkerUtils(bench_dsn, schema=schema, max_pool_size=1) as utils:
+            await utils.migrate()
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(bench_dsn)
+        try:
+            await conn.execute(f"drop schema {quote_ident(schema)} cascade")
+        finally:
+            await conn.close()
+
+    env = {**os.environ, **({"PGPASSWORD": password} if password else {})}
+    asyncio.run(migrate())
+    try:
+        done = subprocess.run(
+            ["bash", str(script), "-d", dsn, "-s", schema, "-n", "2000", "-t", "120", "--",
+             sys.executable, "-m", "kongtask", "run", "-c", dsn, "--schema", schema,
+             "--tasks", "kongtask.benchmark.noop_tasks", "-j", "24"],
+            capture_output=True, text=True, timeout=180, env=env, check=False,
+        )
+    finally:
+        asyncio.run(drop())
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = orjson.loads(done.stdout.strip().splitlines()[-1])
+    assert (result["jobs"], result["remaining"], result["locked"], result["exit_code"]) \
+        == (2000, 0, 0, 0)
+    assert result["worker_cpu_us_per_job"] > 0
 
 
 def test_results_dir_is_under_the_source_tree() -> None:

@@ -7,16 +7,11 @@
 "use strict";
 
 const { EventEmitter } = require("node:events");
-const { parseArgs } = require("node:util");
 const { performance } = require("node:perf_hooks");
-const {
-  Logger,
-  makeWorkerUtils,
-  parseCronItems,
-  run,
-  runMigrations,
-} = require("graphile-worker");
+const { makeWorkerUtils, parseCronItems, run, runMigrations } = require("graphile-worker");
 const GW_VERSION = require("graphile-worker/package.json").version;
+const { intArg, makeUsage, parseOptions } = require("./cli");
+const { TASK, makeLogger, makePreset } = require("./preset");
 
 // Anything a dependency prints with console.log would corrupt the result line,
 // so route the stdout-flavoured console methods to stderr. The result (and
@@ -25,7 +20,6 @@ console.log = console.error;
 console.info = console.error;
 console.debug = console.error;
 
-const TASK = "bench_noop";
 const SCENARIOS = [
   "enqueue",
   "drain",
@@ -49,66 +43,46 @@ const EMPTY_POLL_MS = 5;
 
 // ---------------------------------------------------------------- CLI
 
-function usage(msg) {
-  if (msg) process.stderr.write(`bench.js: ${msg}\n`);
-  process.stderr.write(
-    "usage: node bench.js --dsn DSN --schema SCHEMA --scenario " +
-      `{${SCENARIOS.join("|")}} [--jobs N] [--concurrency C] [--samples S]\n` +
-      "                     [--migrate] [--skip-analyze] [--poll-interval MS] [--timeout SEC] [--verbose]\n",
-  );
-  process.exit(2);
-}
-
-function intArg(values, name, fallback, min = 1) {
-  const raw = values[name];
-  if (raw === undefined) return fallback;
-  const n = Number(raw);
-  if (!Number.isInteger(n) || n < min) usage(`--${name} must be an integer >= ${min}`);
-  return n;
-}
+const usage = makeUsage(
+  "bench.js",
+  "usage: node bench.js --dsn DSN --schema SCHEMA --scenario " +
+    `{${SCENARIOS.join("|")}} [--jobs N] [--concurrency C] [--samples S]\n` +
+    "                     [--migrate] [--skip-analyze] [--poll-interval MS] [--timeout SEC] [--windows] [--verbose]\n",
+);
 
 function parseCli(argv) {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      args: argv,
-      options: {
-        dsn: { type: "string" },
-        schema: { type: "string", default: "graphile_worker" },
-        scenario: { type: "string" },
-        jobs: { type: "string" },
-        concurrency: { type: "string" },
-        samples: { type: "string" },
-        migrate: { type: "boolean", default: false },
-        "skip-analyze": { type: "boolean", default: false },
-        "poll-interval": { type: "string" },
-        timeout: { type: "string" },
-        verbose: { type: "boolean", default: false },
-        help: { type: "boolean", short: "h", default: false },
-      },
-      strict: true,
-    }));
-  } catch (e) {
-    usage(e.message);
-  }
-  if (values.help) usage();
-  if (!values.dsn) usage("--dsn is required");
+  const values = parseOptions(
+    argv,
+    {
+      scenario: { type: "string" },
+      jobs: { type: "string" },
+      concurrency: { type: "string" },
+      samples: { type: "string" },
+      migrate: { type: "boolean", default: false },
+      "skip-analyze": { type: "boolean", default: false },
+      timeout: { type: "string" },
+      windows: { type: "boolean", default: false },
+    },
+    usage,
+  );
   if (!values.scenario) usage("--scenario is required");
   if (!SCENARIOS.includes(values.scenario)) usage(`unknown scenario '${values.scenario}'`);
   const d = DEFAULTS[values.scenario] ?? {};
+  const int = (name, fallback) => intArg(values, name, fallback, usage);
   return {
     dsn: values.dsn,
     schema: values.schema,
     scenario: values.scenario,
-    jobs: intArg(values, "jobs", d.jobs ?? 5000),
-    samples: intArg(values, "samples", d.samples ?? 1),
-    concurrency: intArg(values, "concurrency", 24),
+    jobs: int("jobs", d.jobs ?? 5000),
+    samples: int("samples", d.samples ?? 1),
+    concurrency: int("concurrency", 24),
     migrate: values.migrate,
     analyze: !values["skip-analyze"],
     // graphile-worker's own default; only matters for future-dated jobs
     // (scheduled scenario) and as the idle re-poll period of the local queue.
-    pollInterval: intArg(values, "poll-interval", 2000),
-    timeoutMs: intArg(values, "timeout", 900) * 1000,
+    pollInterval: int("poll-interval", 2000),
+    timeoutMs: int("timeout", 900) * 1000,
+    windows: values.windows,
     verbose: values.verbose,
   };
 }
@@ -167,42 +141,56 @@ function summarize(values) {
 
 const mb = (bytes) => round(bytes / (1024 * 1024), 1);
 
-// ---------------------------------------------------------------- graphile-worker plumbing
+// ---------------------------------------------------------------- timed windows
 
-// Quiet logger: only warnings and errors reach stderr unless --verbose.
-function makeLogger(verbose) {
-  return new Logger((scope) => (level, message) => {
-    if (verbose || level === "error" || level === "warning") {
-      const label = scope.label ? `/${scope.label}` : "";
-      process.stderr.write(`[gw${label} ${level}] ${message}\n`);
-    }
-  });
+// One line from stdin per call (the harness's GO answers).
+function makeLineReader() {
+  const rl = require("node:readline").createInterface({ input: process.stdin });
+  const lines = rl[Symbol.asyncIterator]();
+  return async () => {
+    const { value, done } = await lines.next();
+    if (done) throw new Error("stdin closed while waiting for GO");
+    return value.trim();
+  };
 }
 
-// All pool tuning lives in one preset so every scenario measures the same
-// configuration (see README.md for why each value was chosen).
-function makePreset(cfg, logger, events) {
-  return {
-    worker: {
-      connectionString: cfg.dsn,
-      schema: cfg.schema,
-      concurrentJobs: cfg.concurrency,
-      // The default pool (10) is smaller than our concurrency; the docs
-      // recommend max(10, concurrentJobs + 2).
-      maxPoolSize: Math.max(10, cfg.concurrency + 2),
-      pollInterval: cfg.pollInterval,
-      // Fetch and lock up to 500 jobs per query and hand them to workers from
-      // memory. Must be >= concurrency or graphile-worker warns that it will
-      // starve workers.
-      localQueue: { size: Math.max(500, cfg.concurrency) },
-      // Batch completions/failures that happen in the same tick into one
-      // DELETE/UPDATE instead of one round trip per job.
-      completeJobBatchDelay: 0,
-      failJobBatchDelay: 0,
-      logger,
-      ...(events ? { events } : {}),
-    },
-  };
+// This process's CPU (user + system, all threads) over the timed window(s) of
+// a scenario. With the handshake on (--windows), each edge prints
+// "WINDOW start|end [name]" and waits for "GO" on stdin, so the harness can
+// sample PostgreSQL's CPU while this process stands still at the edge. The
+// wait lies outside the window. kongtask's child does the same.
+class CpuWindow {
+  constructor(handshake) {
+    this.nextLine = handshake ? makeLineReader() : null;
+    this.started = {};
+    this.usedUs = {};
+  }
+
+  async edge(edge, name) {
+    if (!this.nextLine) return;
+    process.stdout.write(`${`WINDOW ${edge} ${name}`.trimEnd()}\n`);
+    const answer = await this.nextLine();
+    if (answer !== "GO") throw new Error(`expected GO on stdin, got '${answer}'`);
+  }
+
+  async open(name = "") {
+    await this.edge("start", name);
+    this.started[name] = process.cpuUsage();
+  }
+
+  async close(name = "") {
+    const used = process.cpuUsage(this.started[name]);
+    this.usedUs[name] = used.user + used.system;
+    await this.edge("end", name);
+  }
+
+  report(jobs, name = "") {
+    const us = this.usedUs[name];
+    return {
+      [`${name}cpu_s`]: round(us / 1e6, 4),
+      [`${name}cpu_us_per_job`]: round(us / jobs, 2),
+    };
+  }
 }
 
 class Bench {
@@ -210,6 +198,7 @@ class Bench {
     this.cfg = cfg;
     this.logger = makeLogger(cfg.verbose);
     this.utils = null;
+    this.window = new CpuWindow(cfg.windows);
     this.jobsTable = `${quoteIdent(cfg.schema)}._private_jobs`;
     // The task body is swapped per scenario; the task list itself is fixed.
     this.onJob = () => {};
@@ -318,13 +307,21 @@ class Bench {
     const specs = new Array(n);
     for (let i = 0; i < n; i++) specs[i] = { identifier: TASK, payload: { i } };
     progress(`addJobs(${n})`);
+    await this.window.open();
     const t0 = performance.now();
     await this.utils.addJobs(specs);
     const seconds = (performance.now() - t0) / 1000;
+    await this.window.close();
     const inserted = await this.countJobs();
     await this.clearJobs();
     if (inserted !== n) throw new Error(`expected ${n} jobs in table, found ${inserted}`);
-    return { scenario: "enqueue", jobs: n, seconds: round(seconds), jobs_per_sec: round(n / seconds, 1) };
+    return {
+      scenario: "enqueue",
+      jobs: n,
+      seconds: round(seconds),
+      jobs_per_sec: round(n / seconds, 1),
+      ...this.window.report(n),
+    };
   }
 
   // Shared by drain and memory: run a pool over `n` already-queued (or
@@ -355,17 +352,20 @@ class Bench {
     // queue, not whether autovacuum happened to get there first.
     if (this.cfg.analyze) await this.query(`analyze ${this.jobsTable}`);
     progress("draining");
+    await this.window.open();
     const deadline = performance.now() + this.cfg.timeoutMs;
     const done = this.drainJobs(n, deadline);
     const { runner, t0 } = await this.startPool();
     try {
       await done;
       const seconds = (performance.now() - t0) / 1000;
+      await this.window.close();
       return {
         scenario: "drain",
         jobs: n,
         seconds: round(seconds),
         jobs_per_sec: round(n / seconds, 1),
+        ...this.window.report(n),
         remaining: null, // filled in by main() once the pool has shut down
         concurrency: this.cfg.concurrency,
         analyzed: this.cfg.analyze,
@@ -481,10 +481,12 @@ class Bench {
       const deadline = performance.now() + this.cfg.timeoutMs;
       const done = this.drainJobs(n, deadline);
       progress(`inserting ${n} jobs into the running pool`);
+      await this.window.open();
       const t0 = performance.now();
       await this.insertJobsSql(n);
       await done;
       const seconds = (performance.now() - t0) / 1000;
+      await this.window.close();
       clearInterval(sampler);
       sampler = null;
       // One last sample so a spike in the final <50 ms isn't missed.
@@ -495,6 +497,7 @@ class Bench {
         idle_rss_mb: mb(idle),
         peak_rss_mb: mb(peak),
         seconds: round(seconds),
+        ...this.window.report(n),
         remaining: null,
         analyzed: this.cfg.analyze,
       };

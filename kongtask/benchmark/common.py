@@ -22,6 +22,11 @@ MEMORY_SAMPLE_S = 0.05
 IDLE_WAIT_S = 1.0
 #: Marker line a child prints once its pool is ready (bench.js prints the same).
 READY = "READY"
+#: A child prints ``WINDOW start|end [name]`` at each edge of a timed window and
+#: waits for ``GO`` on stdin, so the harness can sample the server's CPU there.
+WINDOW = "WINDOW"
+#: The harness's answer to a ``WINDOW`` line, and the processes scenario's start signal.
+GO = "GO"
 
 
 def bulk_insert_sql(quoted_schema: str) -> str:
@@ -110,6 +115,23 @@ def peak_rss_bytes() -> int | None:
     except ImportError:
         return None
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def cpu_seconds() -> float:
+    """User + system CPU of this process so far, all threads (``getrusage``, µs resolution)."""
+    try:
+        import resource
+    except ImportError:  # not POSIX: the same sum, from the process clock
+        import time
+
+        return time.process_time()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def per_job_us(seconds: float | None, jobs: int) -> float | None:
+    """CPU seconds spread over ``jobs``, in microseconds per job."""
+    return None if seconds is None or jobs <= 0 else round(seconds * 1e6 / jobs, 2)
 
 
 def mb(value: int | None) -> float | None:

@@ -273,6 +273,38 @@ class Admin:
         if analyze:
             await self._call("execute", f"analyze {s}._private_jobs")
 
+    async def fill(self, schema: str, task: str, n: int) -> None:
+        """A fresh queue of ``n`` jobs as a deployment would find it after a quiet spell:
+        truncated, filled, then ``VACUUM ANALYZE`` (statistics for the planner and a
+        visibility map, so no engine meets a half-vacuumed table)."""
+        await self.clear(schema)
+        await self.insert_jobs(schema, task, n, analyze=False)
+        await self._call("execute", f"vacuum analyze {quote_ident(schema)}._private_jobs")
+
+    async def count_locked(self, schema: str) -> int:
+        """Jobs and named queues still locked by some worker."""
+        s = quote_ident(schema)
+        sql = (f"select (select count(*) from {s}._private_jobs where locked_at is not null)"
+               f" + (select count(*) from {s}._private_job_queues where locked_at is not null)")
+        return int(await self._call("fetchval", sql))
+
+    async def backend_pid(self) -> int:
+        """The server process serving this connection (its CPU is the harness's own cost)."""
+        return int(await self._call("fetchval", "select pg_backend_pid()"))
+
+    async def server_identity(self) -> dict[str, Any]:
+        """What tells this server's postmaster apart from any other on the machine."""
+        row = await self._call(
+            "fetchrow",
+            "select current_setting('port')::int as port, pg_backend_pid() as backend_pid,"
+            " extract(epoch from pg_postmaster_start_time())::float8 as started",
+        )
+        try:
+            data_directory = await self._call("fetchval", "show data_directory")
+        except asyncpg.InsufficientPrivilegeError:
+            data_directory = None
+        return {**dict(row), "data_directory": data_directory}
+
     async def wait_for_empty(self, schema: str, deadline: float, poll: float) -> None:
         loop = asyncio.get_running_loop()
         while await self.count_jobs(schema) != 0:

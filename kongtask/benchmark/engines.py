@@ -25,7 +25,8 @@ import orjson
 
 import kongtask
 
-from .common import EMPTY_POLL_S, READY, TASK, mb, rnd, rss_bytes
+from .common import EMPTY_POLL_S, GO, READY, TASK, WINDOW, mb, per_job_us, rnd, rss_bytes
+from .cpu import ServerCpu
 from .database import Admin
 
 KONGTASK = "kongtask"
@@ -33,6 +34,10 @@ KONGTASK_PURE = "kongtask-pure"
 GRAPHILE_WORKER = "graphile-worker"
 
 _STDERR_TAIL = 2000
+#: Scenarios whose children hand the edges of their timed window to the harness.
+WINDOWED = ("enqueue", "drain", "memory")
+#: The module ``kongtask run --tasks`` loads in the drain-from-spawn scenario.
+NOOP_TASKS = "kongtask.benchmark.noop_tasks"
 
 
 class ChildError(RuntimeError):
@@ -58,6 +63,10 @@ class Sizes:
     timeout_s: int
     idle_wait_s: float
     analyze: bool = True
+    #: Queue sizes of the drain-from-spawn scenario, one run each.
+    spawn_jobs: tuple[int, ...] = (100_000,)
+    #: How often the harness polls ``count(*)`` while a spawned worker drains.
+    empty_poll_ms: int = 100
 
 
 @dataclass(slots=True)
@@ -75,6 +84,8 @@ class Engine:
     #: Commands that only start the runtime (and then also load the libraries)
     #: and print READY: the floor under this engine's spawn -> ready time.
     floors: dict[str, list[str]] = field(default_factory=dict)
+    #: How a user starts this library's worker (drain-from-spawn), before its flags.
+    worker: list[str] = field(default_factory=list)
 
     def supports(self, scenario: str) -> bool:
         """bench.js has no multi-process mode; everything else both engines do."""
@@ -108,11 +119,22 @@ class Engine:
             argv += ["--samples", str(samples)]
         if not sizes.analyze:
             argv.append("--skip-analyze")
+        if scenario in WINDOWED:
+            argv.append("--windows")
         if self.kongtask:
             # bench.js has these fixed (local queue max(500, C), idle wait 1 s).
             argv += ["--local-queue-size", str(sizes.local_queue_size),
                      "--idle-wait", str(sizes.idle_wait_s)]
         return argv
+
+    def worker_args(self, dsn: str, concurrency: int) -> list[str]:
+        """The worker command of drain-from-spawn: kongtask's CLI with no tuning flag
+        (its defaults are what is measured), or ``run_worker.js`` for graphile-worker."""
+        if self.kongtask:
+            return [*self.worker, "-c", dsn, "--schema", self.schema, "--tasks", NOOP_TASKS,
+                    "-j", str(concurrency)]
+        return [*self.worker, "--dsn", dsn, "--schema", self.schema,
+                "--concurrency", str(concurrency)]
 
     def child_env(self, password: str | None) -> dict[str, str]:
         env = dict(os.environ)
@@ -153,6 +175,7 @@ def kongtask_engine(name: str, schema: str) -> Engine:
             "libraries": [sys.executable, "-c",
                           "import asyncpg, uvloop, orjson; print('READY', flush=True)"],
         },
+        worker=[sys.executable, "-m", "kongtask", "run"],
     )
 
 
@@ -169,6 +192,7 @@ def graphile_worker_engine(schema: str, node: str, bench_dir: Path) -> Engine:
             "libraries": [node, "-e",
                           "require('graphile-worker'); process.stdout.write('READY\\n')"],
         },
+        worker=[node, str(bench_dir / "run_worker.js")],
     )
 
 
@@ -184,7 +208,7 @@ def _last_json(out: bytes) -> dict[str, Any] | None:
     return None
 
 
-def _tail(fh: IO[bytes] | None) -> str:
+def stderr_tail(fh: IO[bytes] | None) -> str:
     if fh is None:
         return ""
     fh.seek(0, os.SEEK_END)
@@ -195,14 +219,20 @@ def _tail(fh: IO[bytes] | None) -> str:
 
 
 class Children:
-    """Starts engine children; keeps their pids so an interrupted run kills only them."""
+    """Starts engine children; keeps their pids so an interrupted run kills only them.
 
-    def __init__(self, password: str | None, verbose: bool) -> None:
+    ``server_cpu`` is sampled at the edges of every timed window, so each
+    result can say how much PostgreSQL CPU its jobs cost.
+    """
+
+    def __init__(self, password: str | None, verbose: bool,
+                 server_cpu: ServerCpu | None = None) -> None:
         self.password = password
         self.verbose = verbose
+        self.server_cpu = server_cpu or ServerCpu(None, "not located")
         self._live: set[asyncio.subprocess.Process] = set()
 
-    async def _spawn(
+    async def spawn(
         self, engine: Engine, argv: Sequence[str], stderr: IO[bytes] | None, stdin: int
     ) -> asyncio.subprocess.Process:
         proc = await asyncio.create_subprocess_exec(
@@ -216,8 +246,39 @@ class Children:
         self._live.add(proc)
         return proc
 
-    def _done(self, proc: asyncio.subprocess.Process) -> None:
+    def forget(self, proc: asyncio.subprocess.Process) -> None:
+        """``proc`` has ended: an interrupted run no longer needs to kill it."""
         self._live.discard(proc)
+
+    def server_cpu_per_job(self, start: float | None, end: float | None,
+                           jobs: int, prefix: str = "") -> dict[str, Any]:
+        """``{prefix}pg_cpu_s`` and ``{prefix}pg_cpu_us_per_job`` of one window (None when
+        the server's CPU cannot be read: ``postgres.cpu.reason`` in the JSON says why)."""
+        used = None if start is None or end is None else end - start
+        return {f"{prefix}pg_cpu_s": rnd(used, 4),
+                f"{prefix}pg_cpu_us_per_job": per_job_us(used, jobs)}
+
+    async def _answer_windows(self, proc: asyncio.subprocess.Process,
+                              edges: dict[str, dict[str, float | None]]) -> bytes:
+        """Read the child's stdout; at each ``WINDOW`` line sample the server, answer GO.
+
+        Returns the other lines (the result among them).
+        """
+        assert proc.stdout is not None and proc.stdin is not None
+        kept: list[bytes] = []
+        async for line in proc.stdout:
+            if not line.startswith(WINDOW.encode()):
+                kept.append(line)
+                continue
+            _, edge, *name = line.decode(errors="replace").split()
+            edges.setdefault(name[0] if name else "", {})[edge] = self.server_cpu.sample()
+            # A child that died at the edge fails the run by its exit, not by this write.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                proc.stdin.write(f"{GO}\n".encode())
+                await proc.stdin.drain()
+        proc.stdin.close()
+        await proc.wait()
+        return b"".join(kept)
 
     def kill_all(self) -> None:
         """Kill the children this harness started (and nothing else)."""
@@ -228,15 +289,15 @@ class Children:
         self._live.clear()
 
     @staticmethod
-    def _check(engine: Engine, proc: asyncio.subprocess.Process, out: bytes,
+    def check(engine: Engine, proc: asyncio.subprocess.Process, out: bytes,
                err: IO[bytes] | None) -> dict[str, Any]:
         result = _last_json(out)
         if result is None:
             raise ChildError(f"{engine.label}: no JSON result (exit {proc.returncode})"
-                             + _tail(err))
+                             + stderr_tail(err))
         if proc.returncode != 0 or "error" in result:
             raise ChildError(f"{engine.label}: {result.get('error') or 'failed'} "
-                             f"(exit {proc.returncode})" + _tail(err))
+                             f"(exit {proc.returncode})" + stderr_tail(err))
         if engine.expect_impl and result.get("impl") not in (None, engine.expect_impl):
             result.setdefault("warnings", []).append(
                 f"expected the {engine.expect_impl} implementation, child ran "
@@ -245,19 +306,27 @@ class Children:
         return result
 
     async def run(self, engine: Engine, argv: Sequence[str], timeout: float) -> dict[str, Any]:
-        """Run one child to completion and return its JSON result."""
+        """Run one child to completion and return its JSON result, with the server's CPU
+        over each timed window the child announced."""
+        edges: dict[str, dict[str, float | None]] = {}
         with tempfile.TemporaryFile() as err:
-            proc = await self._spawn(engine, argv, err, asyncio.subprocess.DEVNULL)
+            proc = await self.spawn(engine, argv, err, asyncio.subprocess.PIPE)
             try:
-                out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+                out = await asyncio.wait_for(self._answer_windows(proc, edges), timeout)
             except asyncio.TimeoutError:
                 proc.kill()
                 await proc.wait()
                 raise ChildError(f"{engine.label}: timed out after {timeout:.0f} s"
-                                 + _tail(err)) from None
+                                 + stderr_tail(err)) from None
             finally:
-                self._done(proc)
-            return self._check(engine, proc, out, err)
+                self.forget(proc)
+            result = self.check(engine, proc, out, err)
+        for prefix, edge in edges.items():
+            jobs = result.get(f"{prefix}jobs", result.get("jobs"))
+            if isinstance(jobs, int):
+                result.update(self.server_cpu_per_job(edge.get("start"), edge.get("end"),
+                                                       jobs, prefix))
+        return result
 
     async def spawn_to_ready(
         self, engine: Engine, argv: Sequence[str], timeout: float
@@ -269,7 +338,7 @@ class Children:
         """
         with tempfile.TemporaryFile() as err:
             t0 = time.perf_counter()
-            proc = await self._spawn(engine, argv, err, asyncio.subprocess.DEVNULL)
+            proc = await self.spawn(engine, argv, err, asyncio.subprocess.DEVNULL)
             try:
                 assert proc.stdout is not None
                 while True:
@@ -277,7 +346,7 @@ class Children:
                     if not line:
                         await proc.wait()
                         raise ChildError(f"{engine.label}: exited before READY "
-                                         f"(exit {proc.returncode})" + _tail(err))
+                                         f"(exit {proc.returncode})" + stderr_tail(err))
                     if line.startswith(READY.encode()):
                         break
                 spawn_to_ready = (time.perf_counter() - t0) * 1000
@@ -287,10 +356,11 @@ class Children:
             except asyncio.TimeoutError:
                 proc.kill()
                 await proc.wait()
-                raise ChildError(f"{engine.label}: idle pool timed out" + _tail(err)) from None
+                raise ChildError(f"{engine.label}: idle pool timed out"
+                                 + stderr_tail(err)) from None
             finally:
-                self._done(proc)
-            result = self._check(engine, proc, out, err)
+                self.forget(proc)
+            result = self.check(engine, proc, out, err)
         result["spawn_to_ready_ms"] = rnd(spawn_to_ready)
         result["rss_at_ready_mb"] = mb(rss)
         return result
@@ -298,7 +368,7 @@ class Children:
     async def spawn_floor(self, engine: Engine, argv: Sequence[str], timeout: float) -> float:
         """Milliseconds from spawn to the READY line of a command that does nothing else."""
         t0 = time.perf_counter()
-        proc = await self._spawn(engine, argv, None, asyncio.subprocess.DEVNULL)
+        proc = await self.spawn(engine, argv, None, asyncio.subprocess.DEVNULL)
         try:
             assert proc.stdout is not None
             line = await asyncio.wait_for(proc.stdout.readline(), timeout)
@@ -309,7 +379,7 @@ class Children:
             await proc.wait()
             raise ChildError(f"{engine.label}: floor command timed out: {argv[0]}") from None
         finally:
-            self._done(proc)
+            self.forget(proc)
         if not line.startswith(READY.encode()) or proc.returncode != 0:
             raise ChildError(f"{engine.label}: floor command failed (exit {proc.returncode}): "
                              f"{' '.join(argv)}")
@@ -357,7 +427,7 @@ class Children:
             readers = []
             ready_events = []
             for i in range(count):
-                proc = await self._spawn(engine, argv, errs[i], asyncio.subprocess.PIPE)
+                proc = await self.spawn(engine, argv, errs[i], asyncio.subprocess.PIPE)
                 procs.append(proc)
                 ready = asyncio.Event()
                 ready_events.append(ready)
@@ -366,12 +436,13 @@ class Children:
             for i, reader in enumerate(readers):
                 if reader.done():
                     raise ChildError(f"{engine.label}: worker {i} exited before READY"
-                                     + _tail(errs[i]))
+                                     + stderr_tail(errs[i]))
             deadline = loop.time() + sizes.timeout_s
+            pg0 = self.server_cpu.sample()
             t0 = time.perf_counter()
             for proc in procs:
                 assert proc.stdin is not None
-                proc.stdin.write(b"GO\n")
+                proc.stdin.write(f"{GO}\n".encode())
             await asyncio.gather(*(p.stdin.drain() for p in procs if p.stdin is not None))
             # Until every job has started, or a worker dies (then there is no point waiting).
             await asyncio.wait([all_started, *readers], timeout=max(deadline - loop.time(), 0.001),
@@ -381,30 +452,33 @@ class Children:
                 what = f"worker {dead[0]} exited" if dead else "timed out"
                 raise ChildError(f"{engine.label}: processes scenario: {what} after "
                                  f"{sum(handled)} of {n} jobs"
-                                 + "".join(_tail(errs[i]) for i in dead))
+                                 + "".join(stderr_tail(errs[i]) for i in dead))
             await admin.wait_for_empty(engine.schema, deadline, EMPTY_POLL_S)
             seconds = time.perf_counter() - t0
+            pg1 = self.server_cpu.sample()
             for proc in procs:
                 assert proc.stdin is not None
                 proc.stdin.write(b"STOP\n")
                 proc.stdin.close()
             await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), 60)
             await asyncio.wait_for(asyncio.gather(*readers), 10)
-            results = [self._check(engine, proc, outputs[i], errs[i])
+            results = [self.check(engine, proc, outputs[i], errs[i])
                        for i, proc in enumerate(procs)]
         except asyncio.TimeoutError:
             raise ChildError(f"{engine.label}: processes scenario timed out"
-                             + "".join(_tail(e) for e in errs)) from None
+                             + "".join(stderr_tail(e) for e in errs)) from None
         finally:
             for proc in procs:
                 if proc.returncode is None:
                     with contextlib.suppress(ProcessLookupError):
                         proc.kill()
                     await proc.wait()
-                self._done(proc)
+                self.forget(proc)
             for fh in errs:
                 fh.close()
         total = sum(r["handled"] for r in results)
+        # Each child's own CPU from GO to STOP: together, the workers' CPU over the window.
+        cpu_s = sum(r.get("cpu_s") or 0.0 for r in results)
         checksum_ok = (
             total == n
             and sum(r["sum"] for r in results) == n * (n + 1) // 2
@@ -422,6 +496,9 @@ class Children:
             "checksum_ok": checksum_ok,
             "per_process": [r["handled"] for r in results],
             "remaining": await admin.count_jobs(engine.schema),
+            "cpu_s": rnd(cpu_s, 4),
+            "cpu_us_per_job": per_job_us(cpu_s, n),
+            **self.server_cpu_per_job(pg0, pg1, n),
             "concurrency": sizes.concurrency,
             "timed_until": "from GO to every job started and count(*) = 0",
             "impl": results[0].get("impl") if results else None,

@@ -26,7 +26,7 @@ from typing import Any
 from kongtask.db import embedded_dsn, mask_dsn, resolve_dsn, scrub
 from kongtask.errors import ConfigError
 
-from . import database, report
+from . import cpu, database, report, spawn
 from .common import median, rnd
 from .engines import (
     GRAPHILE_WORKER,
@@ -43,18 +43,19 @@ from .engines import (
 #: Scenarios in the order they run. ``implementations`` is not run by itself:
 #: it adds the pure engine to the others.
 SCENARIOS = ("enqueue", "drain", "latency", "scheduled", "memory", "startup", "processes",
-             "implementations")
+             spawn.SCENARIO, "implementations")
 ENGINE_SCENARIOS = SCENARIOS[:-1]
 
 FULL = {
     "enqueue_jobs": 200_000, "drain_jobs": 200_000, "memory_jobs": 200_000,
     "processes_jobs": 200_000, "latency_samples": 1000, "scheduled_samples": 200,
     "startup_samples": 5, "spawn_samples": 5, "idle_wait_s": 1.0, "rounds": 2,
+    "spawn_jobs": (100_000, 1_000_000),
 }
 QUICK = {
     "enqueue_jobs": 2000, "drain_jobs": 3000, "memory_jobs": 3000, "processes_jobs": 3000,
     "latency_samples": 100, "scheduled_samples": 20, "startup_samples": 2,
-    "spawn_samples": 2, "idle_wait_s": 0.5, "rounds": 1,
+    "spawn_samples": 2, "idle_wait_s": 0.5, "rounds": 1, "spawn_jobs": (3000,),
 }
 
 EXIT_OK = 0
@@ -68,6 +69,16 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def _sizes_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(_positive(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected N or N,M,... (whole numbers): {exc}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one size")
+    return values
 
 
 def _scenarios(text: str) -> list[str]:
@@ -103,9 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="runs of every scenario per engine (default 2, quick 1)")
     sizes = parser.add_argument_group("sizes")
     sizes.add_argument("--jobs", type=_positive, metavar="N",
-                       help="jobs for enqueue, drain, memory and processes")
+                       help="jobs for enqueue, drain, memory, processes and drain-from-spawn")
     for name in ("enqueue", "drain", "memory", "processes"):
         sizes.add_argument(f"--{name}-jobs", type=_positive, metavar="N")
+    sizes.add_argument("--spawn-jobs", type=_sizes_list, metavar="N[,M...]",
+                       help="queue sizes of drain-from-spawn, one run each "
+                            "(default 100000,1000000; quick 3000)")
+    sizes.add_argument("--empty-poll-ms", type=_positive, default=100, metavar="MS",
+                       help="how often drain-from-spawn polls count(*) for an empty queue "
+                            "(default %(default)s)")
     sizes.add_argument("--samples", type=_positive, metavar="S", dest="latency_samples",
                        help="latency samples after 50 warm-up jobs (default 1000)")
     sizes.add_argument("--scheduled-samples", type=_positive, metavar="S")
@@ -114,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     sizes.add_argument("--spawn-samples", type=_positive, metavar="S",
                        help="process spawns timed to READY (default 5)")
     sizes.add_argument("-j", "--concurrency", type=_positive, default=24, metavar="C")
-    sizes.add_argument("--local-queue-size", type=_positive, default=500, metavar="L")
+    sizes.add_argument("--local-queue-size", type=_positive, default=500, metavar="L",
+                       help="kongtask's local queue in the in-process scenarios (default "
+                            "%(default)s, bench.js's); drain-from-spawn uses kongtask's default")
     sizes.add_argument("--processes", type=_positive, default=2, metavar="P",
                        help="worker processes in the processes scenario (default 2)")
     sizes.add_argument("--poll-interval", type=_positive, default=2000, metavar="MS")
@@ -138,6 +157,13 @@ class Step:
     scenario: str
     round: int
     engine: Engine
+    #: drain-from-spawn's queue size (it runs once per size); None elsewhere.
+    jobs: int | None = None
+
+    @property
+    def key(self) -> str:
+        """Where the result goes in ``results`` and ``summary``."""
+        return self.scenario if self.jobs is None else spawn.key(self.jobs)
 
 
 @dataclass(slots=True)
@@ -150,8 +176,9 @@ class Plan:
 
     def steps(self) -> list[Step]:
         return [
-            Step(scenario, r, engine)
+            Step(scenario, r, engine, jobs)
             for scenario in self.scenarios
+            for jobs in (self.sizes.spawn_jobs if scenario == spawn.SCENARIO else (None,))
             for r in range(1, self.rounds + 1)
             for engine in self.engines
             if engine.supports(scenario)
@@ -173,7 +200,7 @@ class Progress:
 
     def start(self, step: Step, rounds: int) -> None:
         self.n += 1
-        print(f"{self._stamp()} {step.scenario:<9} round {step.round}/{rounds}  "
+        print(f"{self._stamp()} {step.key:<9} round {step.round}/{rounds}  "
               f"{step.engine.label} ...", file=sys.stderr, flush=True)
 
     def done(self, text: str) -> None:
@@ -189,20 +216,23 @@ def _brief(scenario: str, result: dict[str, Any]) -> str:
         value = result.get(key)
         return "-" if value is None else f"{value:,.{digits}f}"
 
-    if scenario in ("enqueue", "drain", "processes"):
+    cpu_use = f"; CPU/job: worker {f('cpu_us_per_job', 1)} µs, PostgreSQL " \
+              f"{f('pg_cpu_us_per_job', 1)} µs"
+    if scenario in ("enqueue", "drain", "processes", spawn.SCENARIO):
         extra = f", remaining {result['remaining']}" if "remaining" in result else ""
-        return f"{f('jobs_per_sec', 0)} jobs/s in {f('seconds')} s{extra}"
+        return f"{f('jobs_per_sec', 0)} jobs/s in {f('seconds')} s{extra}{cpu_use}"
     if scenario in ("latency", "scheduled"):
         return f"p50 {f('p50')} ms, p99 {f('p99')} ms, max {f('max')} ms"
     if scenario == "memory":
-        return f"idle {f('idle_rss_mb', 1)} MB, peak {f('peak_rss_mb', 1)} MB"
+        return f"idle {f('idle_rss_mb', 1)} MB, peak {f('peak_rss_mb', 1)} MB{cpu_use}"
     if scenario == "startup":
         return f"spawn->ready {f('spawn_to_ready_ms', 1)} ms, run()->ready " \
                f"{f('run_to_ready_ms', 1)} ms"
     return ""
 
 
-def check(scenario: str, engine: Engine, result: dict[str, Any], sizes: Sizes) -> list[str]:
+def check(scenario: str, engine: Engine, result: dict[str, Any], sizes: Sizes,
+          jobs: int | None = None) -> list[str]:
     """Correctness of one run; never speed. Returns the problems found."""
     problems = [f"{engine.name} {scenario}: {w}" for w in result.get("warnings", [])]
 
@@ -222,6 +252,12 @@ def check(scenario: str, engine: Engine, result: dict[str, Any], sizes: Sizes) -
         expect("checksum_ok", True)
         if result.get("remaining") is None:
             problems.append(f"{engine.name} {scenario}: remaining was not reported")
+    elif scenario == spawn.SCENARIO:
+        for name, wanted in (("jobs", jobs), ("handled", jobs), ("checksum_ok", True),
+                             ("remaining", 0), ("locked", 0), ("exit_code", 0)):
+            if result.get(name) != wanted:
+                problems.append(f"{engine.name} {scenario}: {name} = {result.get(name)}, "
+                                f"expected {wanted}")
     elif scenario == "enqueue":
         expect("jobs", sizes.enqueue_jobs)
     elif scenario == "latency":
@@ -240,6 +276,9 @@ async def run_step(step: Step, dsn: str, sizes: Sizes, children: Children,
     timeout = sizes.timeout_s + 60
     if scenario == "processes":
         return await children.processes(engine, dsn, sizes, admin)
+    if scenario == spawn.SCENARIO:
+        assert step.jobs is not None
+        return await spawn.drain_from_spawn(children, engine, dsn, sizes, admin, step.jobs)
     result = await children.run(engine, engine.args(scenario, dsn, sizes), timeout)
     if scenario == "startup":
         spawns = []
@@ -291,6 +330,8 @@ def _sizes(args: argparse.Namespace) -> tuple[Sizes, int]:
         return base[name]
 
     sizes = Sizes(
+        spawn_jobs=args.spawn_jobs or ((args.jobs,) if args.jobs else base["spawn_jobs"]),
+        empty_poll_ms=args.empty_poll_ms,
         enqueue_jobs=pick("enqueue_jobs"),
         drain_jobs=pick("drain_jobs"),
         memory_jobs=pick("memory_jobs"),
@@ -364,12 +405,16 @@ async def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                   f"{', '.join(plan.scenarios)}; rounds: {plan.rounds}")
     schemas = [engine.schema for engine in plan.engines]
     await database.create_schemas(bench_dsn, schemas)
-    children = Children(password, args.verbose)
     admin = database.Admin(bench_dsn)
+    server_cpu = cpu.locate_server(**await admin.server_identity())
+    if not server_cpu.available:
+        Progress.note(f"PostgreSQL CPU per job is not measured: {server_cpu.reason}")
+    children = Children(password, args.verbose, server_cpu)
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     problems: list[str] = []
     machine = report.machine_info()
     postgres = await database.server_info(bench_dsn)
+    postgres["cpu"] = server_cpu.describe()
     postgres["round_trips"] = await database.round_trips(
         bench_dsn, idle_s=plan.sizes.idle_wait_s, samples=2 if args.quick else 3)
     Progress.note("round trips: " + ", ".join(f"{k} {v}" for k, v in
@@ -389,17 +434,17 @@ async def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 # is recorded and the run goes on; the exit code reports it.
                 message = scrub(str(exc) or type(exc).__name__, bench_dsn)
                 result = {"scenario": step.scenario, "error": message}
-                problems.append(f"{step.engine.name} {step.scenario} round {step.round}: "
+                problems.append(f"{step.engine.name} {step.key} round {step.round}: "
                                 f"{message}")
                 progress.done(f"FAILED: {message.splitlines()[0]}")
             else:
-                found = check(step.scenario, step.engine, result, plan.sizes)
+                found = check(step.scenario, step.engine, result, plan.sizes, step.jobs)
                 problems.extend(f"{p} (round {step.round})" for p in found)
                 progress.done(_brief(step.scenario, result) + ("  CHECK FAILED" if found else ""))
             result["round"] = step.round
             # A busy machine explains an outlier; keep the evidence with the number.
             result["load_avg_1m"] = load
-            results.setdefault(step.scenario, {}).setdefault(step.engine.name, []).append(result)
+            results.setdefault(step.key, {}).setdefault(step.engine.name, []).append(result)
             try:
                 await admin.clear(step.engine.schema)
             except database.ERRORS as exc:

@@ -21,6 +21,9 @@ import orjson
 import kongtask
 
 from .common import median
+from .spawn import jobs_of
+
+US_JOB = "µs/job"
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,13 +39,34 @@ class Metric:
     #: always returns rows, so its plain rate is the "returning" rate).
     fallback: str | None = None
 
+    @property
+    def group(self) -> str:
+        """The scenario as the table names it (without drain-from-spawn's size)."""
+        return self.scenario.partition("@")[0]
 
-METRICS: tuple[Metric, ...] = (
+
+#: Throughput and CPU per job of the fixed scenarios.
+THROUGHPUT_METRICS: tuple[Metric, ...] = (
     Metric("enqueue", "jobs_per_sec", "add_jobs_count (bulk)", "jobs/s", True),
     Metric("enqueue", "returning_jobs_per_sec", "add_jobs (returns rows)", "jobs/s", True,
            fallback="jobs_per_sec"),
     Metric("drain", "jobs_per_sec", "drain, one pool", "jobs/s", True),
     Metric("processes", "jobs_per_sec", "drain, P processes", "jobs/s", True),
+    Metric("enqueue", "cpu_us_per_job", "add_jobs_count: client CPU", US_JOB, False),
+    Metric("enqueue", "pg_cpu_us_per_job", "add_jobs_count: PostgreSQL CPU", US_JOB, False),
+    Metric("enqueue", "returning_cpu_us_per_job", "add_jobs (rows): client CPU", US_JOB,
+           False, fallback="cpu_us_per_job"),
+    Metric("enqueue", "returning_pg_cpu_us_per_job", "add_jobs (rows): PostgreSQL CPU",
+           US_JOB, False, fallback="pg_cpu_us_per_job"),
+    Metric("drain", "cpu_us_per_job", "drain: worker CPU", US_JOB, False),
+    Metric("drain", "pg_cpu_us_per_job", "drain: PostgreSQL CPU", US_JOB, False),
+    Metric("memory", "cpu_us_per_job", "insert + drain: worker CPU", US_JOB, False),
+    Metric("memory", "pg_cpu_us_per_job", "insert + drain: PostgreSQL CPU", US_JOB, False),
+    Metric("processes", "cpu_us_per_job", "P processes: workers' CPU", US_JOB, False),
+    Metric("processes", "pg_cpu_us_per_job", "P processes: PostgreSQL CPU", US_JOB, False),
+)
+#: Rows after the throughput block (drain-from-spawn's rows go between the two).
+LATER_METRICS: tuple[Metric, ...] = (
     Metric("latency", "p50", "add_job -> start p50", "ms", False),
     Metric("latency", "p95", "add_job -> start p95", "ms", False),
     Metric("latency", "p99", "add_job -> start p99", "ms", False),
@@ -56,6 +80,28 @@ METRICS: tuple[Metric, ...] = (
     Metric("startup", "spawn_floor_libraries_ms", "floor: runtime + libraries", "ms", False),
     Metric("startup", "spawn_floor_interpreter_ms", "floor: bare runtime", "ms", False),
 )
+METRICS = THROUGHPUT_METRICS + LATER_METRICS
+
+
+def spawn_metrics(result_key: str) -> tuple[Metric, ...]:
+    """The rows of one drain-from-spawn queue size (the sizes are chosen per run)."""
+    jobs = jobs_of(result_key)
+    if jobs is None:
+        return ()
+    n = f"{jobs:,}"
+    return (
+        Metric(result_key, "jobs_per_sec", f"{n} jobs, spawn -> empty", "jobs/s", True),
+        Metric(result_key, "seconds", f"{n} jobs, spawn -> empty", "s", False),
+        Metric(result_key, "cpu_us_per_job", f"{n} jobs: worker CPU", US_JOB, False),
+        Metric(result_key, "pg_cpu_us_per_job", f"{n} jobs: PostgreSQL CPU", US_JOB, False),
+    )
+
+
+def metrics_for(summary: Mapping[str, Any]) -> list[Metric]:
+    """Every row this run can fill: one block per spawn size after the throughput rows."""
+    keys = sorted((k for k in summary if jobs_of(k) is not None), key=lambda k: jobs_of(k) or 0)
+    spawned = [m for k in keys for m in spawn_metrics(k)]
+    return [*THROUGHPUT_METRICS, *spawned, *LATER_METRICS]
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +257,7 @@ def ratio(a: float | None, b: float | None) -> float | None:
 def ratios(summary: Mapping[str, Any], engines: Sequence[str]) -> dict[str, dict[str, Any]]:
     """``{"scenario.key": {"kongtask/graphile-worker": r, "compiled/pure": r}}``."""
     out: dict[str, dict[str, Any]] = {}
-    for metric in METRICS:
+    for metric in metrics_for(summary):
         row: dict[str, Any] = {}
         kt = metric_value(summary, "kongtask", metric)
         if "graphile-worker" in engines:
@@ -270,12 +316,12 @@ def format_table(summary: Mapping[str, Any], engines: Sequence[str],
         headers.append("compiled/pure")
     headers.append("better")
     rows = []
-    for metric in METRICS:
+    for metric in metrics_for(summary):
         values = [metric_value(summary, e, metric) for e in engines]
         if all(v is None for v in values):
             continue
         label = metric.label.replace("P processes", f"{processes} processes")
-        row = [metric.scenario, label, metric.unit, *(_fmt(v, metric.unit) for v in values)]
+        row = [metric.group, label, metric.unit, *(_fmt(v, metric.unit) for v in values)]
         kt = metric_value(summary, "kongtask", metric)
         if with_gw:
             r = ratio(kt, metric_value(summary, "graphile-worker", metric))
@@ -317,10 +363,9 @@ def write_json(path: Path, document: Mapping[str, Any]) -> None:
                      + b"\n")
 
 
-_PANELS: tuple[tuple[str, str, tuple[tuple[str, str, str], ...]], ...] = (
-    ("Throughput", "jobs/s", (("enqueue", "jobs_per_sec", "enqueue"),
-                               ("drain", "jobs_per_sec", "drain"),
-                               ("processes", "jobs_per_sec", "drain xP"))),
+Panel = tuple[str, str, tuple[tuple[str, str, str], ...]]
+
+_PANELS: tuple[Panel, ...] = (
     ("add_job -> handler start", "ms", (("latency", "p50", "p50"), ("latency", "p95", "p95"),
                                          ("latency", "p99", "p99"))),
     ("Scheduled lateness", "ms", (("scheduled", "p50", "p50"), ("scheduled", "p99", "p99"))),
@@ -332,18 +377,34 @@ _PANELS: tuple[tuple[str, str, tuple[tuple[str, str, str], ...]], ...] = (
 )
 
 
+def _panels(summary: Mapping[str, Any]) -> list[Panel]:
+    """Throughput and CPU per job (with a bar group per drain-from-spawn size), then the rest."""
+    spawned = [(k, f"{jobs:,}") for k in summary if (jobs := jobs_of(k)) is not None]
+    throughput = (("enqueue", "jobs_per_sec", "enqueue"), ("drain", "jobs_per_sec", "drain"),
+                  ("processes", "jobs_per_sec", "drain xP"),
+                  *((k, "jobs_per_sec", f"spawn {n}") for k, n in spawned))
+    per_job = (("drain", "cpu_us_per_job", "drain\nworker"),
+               ("drain", "pg_cpu_us_per_job", "drain\nPostgreSQL"),
+               *((k, key, f"spawn {n}\n{who}") for k, n in spawned
+                 for key, who in (("cpu_us_per_job", "worker"),
+                                  ("pg_cpu_us_per_job", "PostgreSQL"))))
+    return [("Throughput", "jobs/s", throughput), ("CPU per job", US_JOB, per_job), *_PANELS]
+
+
 def _advantage_panel(ax: Any, summary: Mapping[str, Any]) -> None:
     """How many times better kongtask is than graphile-worker, per metric (>1: better)."""
     names: list[str] = []
     values: list[float] = []
-    for metric in METRICS:
+    for metric in metrics_for(summary):
         if metric.scenario == "startup" and metric.key.startswith("spawn_floor"):
             continue
+        if metric.unit == "s":
+            continue  # the same comparison as its jobs/s row
         r = ratio(metric_value(summary, "kongtask", metric),
                   metric_value(summary, "graphile-worker", metric))
         if r is None or r <= 0:
             continue
-        names.append(f"{metric.scenario}: {metric.label}")
+        names.append(f"{metric.group}: {metric.label}")
         values.append(r if metric.higher_is_better else 1 / r)
     if not values:
         return
@@ -367,11 +428,12 @@ def draw_chart(path: Path, summary: Mapping[str, Any], engines: Sequence[str],
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
+    panels = _panels(summary)
+    fig, axes = plt.subplots(2, 4, figsize=(20, 8.5))
     flat = list(axes.flat)
     width = 0.8 / max(1, len(engines))
     colors = {"kongtask": "#2a7ab9", "kongtask-pure": "#8cbce0", "graphile-worker": "#e08a2a"}
-    for ax, (name, unit, series) in zip(flat, _PANELS, strict=False):
+    for ax, (name, unit, series) in zip(flat, panels, strict=False):
         shown = [(s, k, lab) for s, k, lab in series
                  if any(metric_value(summary, e, Metric(s, k, "", "", True)) is not None
                         for e in engines)]
@@ -389,10 +451,10 @@ def draw_chart(path: Path, summary: Mapping[str, Any], engines: Sequence[str],
         ax.set_title(f"{name} ({unit})")
         ax.margins(y=0.25)
     flat[0].legend(fontsize=8)
-    for ax in flat[len(_PANELS):]:
+    for ax in flat[len(panels):]:
         ax.set_axis_off()
-    if "kongtask" in engines and "graphile-worker" in engines and len(flat) > len(_PANELS):
-        _advantage_panel(flat[len(_PANELS)], summary)
+    if "kongtask" in engines and "graphile-worker" in engines and len(flat) > len(panels):
+        _advantage_panel(flat[len(panels)], summary)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -25,14 +25,18 @@ from kongtask.db import quote_ident
 
 from .common import (
     EMPTY_POLL_S,
+    GO,
     IDLE_WAIT_S,
     LATENCY_WARMUP,
     MEMORY_SAMPLE_S,
     READY,
     TASK,
+    WINDOW,
     bulk_insert_sql,
+    cpu_seconds,
     mb,
     peak_rss_bytes,
+    per_job_us,
     percentile,
     rnd,
     rss_bytes,
@@ -40,6 +44,8 @@ from .common import (
 )
 
 perf = time.perf_counter
+#: Key prefix (and window name) of enqueue's second window, ``add_jobs`` returning rows.
+RETURNING = "returning_"
 #: How often a ``work`` child reports its handled count to the harness.
 WORK_REPORT_S = 0.01
 
@@ -59,11 +65,56 @@ class ChildConfig:
     analyze: bool = True
     timeout_s: float = 900.0
     idle_wait_s: float = IDLE_WAIT_S
+    #: Hand the edges of timed windows to the harness (``WINDOW`` lines, ``GO`` on stdin).
+    windows: bool = False
 
 
 def progress(message: str) -> None:
     """Child progress goes to stderr; stdout carries only the result line."""
     print(f"[kt-bench] {message}", file=sys.stderr, flush=True)
+
+
+async def read_stdin_line() -> str:
+    """One line from the harness, without blocking the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+
+
+class CpuWindow:
+    """This process's CPU over the timed window(s) of a scenario.
+
+    With ``handshake`` on, each edge prints ``WINDOW start|end [name]`` and
+    waits for ``GO`` on stdin: the harness samples PostgreSQL's CPU while this
+    process stands still at the edge, instead of a few milliseconds into the
+    window. The wait lies outside the window: own CPU (and the scenario's
+    clock) start after the answer and stop before the end line. ``name``
+    tells two windows of one scenario apart and prefixes their result keys.
+    """
+
+    def __init__(self, handshake: bool) -> None:
+        self.handshake = handshake
+        self._started: dict[str, float] = {}
+        self._used: dict[str, float] = {}
+
+    async def _edge(self, edge: str, name: str) -> None:
+        if not self.handshake:
+            return
+        print(f"{WINDOW} {edge} {name}".rstrip(), flush=True)
+        answer = await read_stdin_line()
+        if answer.strip() != GO:
+            raise RuntimeError(f"expected {GO} on stdin at the {edge} of a window, "
+                               f"got {answer.strip()!r}")
+
+    async def open(self, name: str = "") -> None:
+        await self._edge("start", name)
+        self._started[name] = cpu_seconds()
+
+    async def close(self, name: str = "") -> None:
+        self._used[name] = cpu_seconds() - self._started.pop(name)
+        await self._edge("end", name)
+
+    def report(self, jobs: int, name: str = "") -> dict[str, float | None]:
+        used = self._used[name]
+        return {f"{name}cpu_s": rnd(used, 4), f"{name}cpu_us_per_job": per_job_us(used, jobs)}
 
 
 class Bench:
@@ -85,6 +136,7 @@ class Bench:
         tasks.add(TASK, bench_noop)
         self.tasks = tasks
         self._conn: asyncpg.Connection | None = None
+        self.window = CpuWindow(cfg.windows)
 
     # ------------------------------------------------------------ plumbing
     def pool_options(self) -> dict[str, Any]:
@@ -161,18 +213,22 @@ class Bench:
         specs = [kongtask.JobSpec(TASK, {"i": i}) for i in range(n)]
         async with kongtask.WorkerUtils(self.cfg.dsn, schema=self.cfg.schema) as utils:
             progress(f"add_jobs_count({n})")
+            await self.window.open()
             t0 = perf()
             added = await utils.add_jobs_count(specs)
             seconds = perf() - t0
+            await self.window.close()
             inserted = await self.count_jobs()
             await self.clear_jobs()
             if added != n or inserted != n:
                 raise RuntimeError(f"expected {n} jobs, add_jobs_count said {added}, "
                                    f"table holds {inserted}")
             progress(f"add_jobs({n}) (returning rows)")
+            await self.window.open(RETURNING)
             t0 = perf()
             rows = await utils.add_jobs(specs)
             returning_seconds = perf() - t0
+            await self.window.close(RETURNING)
             inserted = await self.count_jobs()
             await self.clear_jobs()
             if len(rows) != n or inserted != n:
@@ -186,6 +242,8 @@ class Bench:
             "method": "add_jobs_count",
             "returning_seconds": rnd(returning_seconds),
             "returning_jobs_per_sec": rnd(n / returning_seconds, 1),
+            **self.window.report(n),
+            **self.window.report(n, RETURNING),
         }
 
     async def _drain(self, counter: _Counter, deadline: float) -> None:
@@ -203,11 +261,13 @@ class Bench:
         await self.conn()
         counter = self.counter(n)
         progress("draining")
+        await self.window.open()
         deadline = perf() + self.cfg.timeout_s
         runner, t0, t_ready = await self.start_pool()
         try:
             await self._drain(counter, deadline)
             t_empty = perf()
+            await self.window.close()
         finally:
             await runner.stop()
         t_stopped = perf()
@@ -224,6 +284,7 @@ class Bench:
             "run_to_ready_ms": rnd((t_ready - t0) * 1000),
             "remaining": await self.count_jobs(),
             **counter.report(),
+            **self.window.report(n),
             "concurrency": self.cfg.concurrency,
             "local_queue_size": self.pool_options()["local_queue_size"],
             "analyzed": self.cfg.analyze,
@@ -343,10 +404,12 @@ class Bench:
             counter = self.counter(n)
             deadline = perf() + self.cfg.timeout_s
             progress(f"inserting {n} jobs into the running pool")
+            await self.window.open()
             t0 = perf()
             await self.insert_jobs_sql(n)
             await self._drain(counter, deadline)
             seconds = perf() - t0
+            await self.window.close()
             sampler.cancel()
             sampler = None
             peak = max(peak, rss_bytes() or 0)
@@ -363,6 +426,7 @@ class Bench:
             "seconds": rnd(seconds),
             "remaining": await self.count_jobs(),
             **counter.report(),
+            **self.window.report(n),
             "analyzed": self.cfg.analyze,
         }
 
@@ -440,13 +504,15 @@ class Bench:
         self.on_job = on_job
         await self.conn()
         print(READY, flush=True)
-        line = await loop.run_in_executor(None, sys.stdin.readline)
-        if line.strip() != "GO":
-            raise RuntimeError(f"expected GO on stdin, got {line.strip()!r}")
+        line = await read_stdin_line()
+        if line.strip() != GO:
+            raise RuntimeError(f"expected {GO} on stdin, got {line.strip()!r}")
+        cpu0 = cpu_seconds()
         runner, t0, t_ready = await self.start_pool()
         reporter = loop.create_task(_report_progress(stats))
         try:
-            await loop.run_in_executor(None, sys.stdin.readline)
+            await read_stdin_line()
+            cpu_s = cpu_seconds() - cpu0
         finally:
             reporter.cancel()
             await runner.stop()
@@ -454,6 +520,8 @@ class Bench:
             "scenario": "work",
             **stats,
             "run_to_ready_ms": rnd((t_ready - t0) * 1000),
+            # From GO to STOP: the harness's window, from the pool's start to an empty table.
+            "cpu_s": rnd(cpu_s, 4),
         }
 
 

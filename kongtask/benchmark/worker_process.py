@@ -3,13 +3,16 @@
     python -m kongtask.benchmark.worker_process --dsn DSN --schema SCHEMA \\
         --scenario {enqueue|drain|latency|scheduled|memory|startup|idle|work} \\
         [--jobs N] [--samples S] [--concurrency C] [--local-queue-size L] \\
-        [--poll-interval MS] [--skip-analyze] [--timeout SEC] [--idle-wait SEC]
+        [--poll-interval MS] [--skip-analyze] [--timeout SEC] [--idle-wait SEC] [--windows]
 
 The command line and output follow ``bench/graphile-worker/bench.js`` so that
 the harness drives both libraries alike: the last stdout line is the result
 (or ``{"scenario": ..., "error": ...}`` with exit code 1), progress goes to
-stderr. The implementation is whatever ``kongtask._core`` loads; the harness
-sets ``KONGTASK_NO_EXTENSIONS=1`` for the pure one. A password is best given
+stderr. With ``--windows`` the child stops at each edge of a timed window
+(``WINDOW start|end`` on stdout, ``GO`` back on stdin) so that the harness
+can read the server's CPU there. The implementation is whatever
+``kongtask._core`` loads; the harness sets ``KONGTASK_NO_EXTENSIONS=1`` for
+the pure one. A password is best given
 in ``PGPASSWORD`` rather than in the DSN, which other users can see in ``ps``.
 """
 
@@ -58,6 +61,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-analyze", action="store_true")
     parser.add_argument("--timeout", type=float, default=900.0, metavar="SEC")
     parser.add_argument("--idle-wait", type=float, default=None, metavar="SEC")
+    parser.add_argument("--windows", action="store_true",
+                        help="hand the edges of timed windows to the harness (stdin/stdout)")
     return parser.parse_args(argv)
 
 
@@ -89,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         analyze=not args.skip_analyze,
         timeout_s=args.timeout,
         idle_wait_s=IDLE_WAIT_S if args.idle_wait is None else args.idle_wait,
+        windows=args.windows,
     )
     try:
         import uvloop
