@@ -102,7 +102,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--once", action="store_true", help="run due jobs, then exit")
     run.add_argument("--schema-only", action="store_true", help="migrate, then exit")
     run.add_argument("--poll-interval", type=_positive_int, default=2000, metavar="MS")
-    run.add_argument("--local-queue-size", type=_positive_int, metavar="N")
+    run.add_argument(
+        "--local-queue-size",
+        type=_positive_int,
+        metavar="N",
+        help="most jobs one fetch locks (default 500; the batch adapts to the job rate)",
+    )
+    run.add_argument(
+        "--lease-time",
+        type=float,
+        default=250.0,
+        metavar="MS",
+        help="how long a fetched batch may stay locked by its fetch transaction before "
+        "unfinished jobs are claimed with an update (default 250; 0 = claim at fetch, "
+        "as graphile-worker does)",
+    )
     run.add_argument("--complete-batch-delay", type=float, default=2.0, metavar="MS")
     run.add_argument(
         "--no-prepared-statements",
@@ -202,6 +216,7 @@ async def _cmd_run(args: argparse.Namespace) -> int:
         schema=args.schema,
         poll_interval=args.poll_interval / 1000,
         local_queue_size=args.local_queue_size,
+        lease_time=args.lease_time / 1000,
         complete_batch_delay=args.complete_batch_delay / 1000,
         prepared_statements=not args.no_prepared_statements,
         max_pool_size=args.max_pool_size,

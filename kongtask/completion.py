@@ -57,6 +57,11 @@ class Completer:
         """Results not yet written."""
         return len(self._done) + len(self._failed)
 
+    @property
+    def idle(self) -> bool:
+        """Nothing buffered and no write in flight."""
+        return self._idle.is_set()
+
     def pending_ids(self) -> list[int]:
         """Ids whose results are buffered: still locked by us, and rightly so."""
         return [*self._done, *(entry[0] for entry in self._failed)]

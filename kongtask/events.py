@@ -85,6 +85,12 @@ class EventEmitter:
             if not listeners:
                 del self._listeners[name]
 
+    @property
+    def listeners(self) -> dict[str, list[Listener]]:
+        """The live mapping of event names to listeners (for hot paths that
+        test membership themselves); modify it only through :meth:`on`/:meth:`off`."""
+        return self._listeners
+
     def has(self, name: str) -> bool:
         """Whether anybody listens; lets hot paths skip building the payload."""
         return name in self._listeners

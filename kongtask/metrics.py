@@ -173,17 +173,17 @@ class _StateCollector(Collector):
         busy = GaugeMetricFamily(
             "kongtask_slots_busy", "Handler slots running a job now (summed over attached pools)"
         )
-        busy.add_metric([], sum(len(r._running) for r in runners))
+        busy.add_metric([], sum(len(r.running_jobs) for r in runners))
         yield busy
         total = GaugeMetricFamily(
             "kongtask_slots", "Handler slots (the pools' concurrency, summed)"
         )
-        total.add_metric([], sum(r._concurrency for r in runners))
+        total.add_metric([], sum(r.options.concurrency for r in runners))
         yield total
         local = GaugeMetricFamily(
             "kongtask_local_queue_jobs", "Jobs fetched and locked, waiting for a free slot"
         )
-        local.add_metric([], sum(len(r._local) for r in runners))
+        local.add_metric([], sum(r.queued_jobs for r in runners))
         yield local
         listeners = [r._listener for r in runners if r._listener is not None]
         connected = GaugeMetricFamily(
@@ -285,7 +285,7 @@ class Metrics:
         reg.register(_JobCollector(self))
         reg.register(_StateCollector(self))
         self._series: dict[str, _TaskSeries] = {}
-        # Keyed by id(job): the Job object lives in runner._running while it
+        # Keyed by id(job): the Job object lives in runner.running_jobs while it
         # runs, so its id() cannot be reused before job:success/job:error, and
         # two pools on different schemas may hold jobs with the same job id.
         self._started: dict[int, float] = {}

@@ -27,9 +27,11 @@ LATEST_MIGRATION = 19
 #: Migrations graphile-worker marks as breaking: older workers must stop.
 BREAKING_MIGRATIONS = (1, 3, 11, 13, 14, 16, 19)
 #: kongtask's own track (objects graphile-worker never touches), applied in order.
-KONGTASK_MIGRATIONS = ("kongtask_0001_workers.sql",)
+KONGTASK_MIGRATIONS = ("kongtask_0001_workers.sql", "kongtask_0002_fetch_indexes.sql")
 #: Objects of kongtask's track; everything else in the schema is graphile-worker's.
 KONGTASK_OBJECTS = (
+    "_kongtask_jobs_claim_index",
+    "_kongtask_jobs_lease_index",
     "_kongtask_migrations",
     "_kongtask_migrations_pkey",
     "_kongtask_workers",

@@ -175,27 +175,126 @@ on conflict do nothing"""
             "returning tasks.id, tasks.identifier"
         )
 
-    def fetch_jobs(self, *, with_flags: bool) -> str:
-        """Lock up to $3 due jobs, at most one per named queue, and their queues.
+    #: Jobs that must be claimed visibly: a named queue must look locked to
+    #: every client while its job runs, and ``add_job`` must see a running
+    #: keyed job as locked to replace it (it waits for a leased row, then
+    #: finds it unlocked and would add nothing). Everything else is "plain".
+    _CLAIMED_KIND = "(jobs.job_queue_id is not null or jobs.key is not null)"
+    _PLAIN_KIND = "jobs.job_queue_id is null and jobs.key is null"
+
+    def _due_priorities(self, kind: str) -> str:
+        """A recursive CTE ``priorities`` listing the distinct priorities of available
+        jobs of one kind.
+
+        A loose index scan: one probe of kongtask's partial index of that kind
+        per distinct priority. The fetches then read each priority's due range
+        (``priority = any(...) and run_at <= now()``, both index conditions),
+        so a backlog of future jobs is never walked: a plain ``order by
+        priority, run_at`` with ``run_at <= now()`` as a filter read all 300,000
+        future jobs of a priority before finding that none was due.
+        """
+        s = self.s
+        return f"""priorities as (
+  (select jobs.priority from {s}._private_jobs as jobs
+   where jobs.is_available = true and {kind}
+   order by jobs.priority limit 1)
+  union all
+  select (select jobs.priority from {s}._private_jobs as jobs
+          where jobs.is_available = true and {kind} and jobs.priority > p.priority
+          order by jobs.priority limit 1)
+  from priorities as p where p.priority is not null
+)"""
+
+    @staticmethod
+    def _flags_filter(with_flags: bool) -> str:
+        return "and (jobs.flags ?| $5::text[]) is not true" if with_flags else ""
+
+    def _plain_candidates(self, with_flags: bool, columns: str) -> str:
+        return f"""
+select {columns}
+from {self.s}._private_jobs as jobs
+where jobs.is_available = true
+  and {self._PLAIN_KIND}
+  and jobs.priority = any(array(select p.priority from priorities as p
+                                where p.priority is not null))
+  and jobs.run_at <= now()
+  and jobs.task_id = any($2::int[])
+  {self._flags_filter(with_flags)}
+order by jobs.priority, jobs.run_at
+limit $3::int
+for update of jobs skip locked"""
+
+    def lease_plain(self, *, with_flags: bool) -> str:
+        """Lock up to $3 due plain jobs (no queue, no key), writing nothing.
+
+        Runs inside a transaction that stays open while the jobs run (a
+        *lease*): the row locks alone keep every other fetcher, kongtask's or
+        graphile-worker's (both ``skip locked``), away from these jobs, so the
+        usual claim (an UPDATE: a new row version and new index entries per
+        job) is skipped. When the batch settles, successes are deleted, failures
+        recorded and anything still running is claimed the classic way, all in
+        that transaction. A crash rolls it back, which frees the jobs at once.
 
         $1 worker id, $2 task ids, $3 batch size, $4 task identifiers (parallel
-        to $2, so identifiers come back without a join), $5 forbidden flags.
-
-        Candidates are taken in (priority, run_at) order, the order of the
-        partial index, so the scan stops after $3 rows; SKIP LOCKED;
-        named queues must be free and are row-locked in the same statement.
-        Only the first candidate of each named queue is kept, so a batch never
-        holds two jobs of one queue (graphile-worker's batch fetch can); the
-        other candidates were only row-locked for this transaction and stay
-        untouched.
+        to $2), $5 forbidden flags. Rows come back in JOB_COLUMNS order showing
+        the job as it will be once claimed (this attempt counted, locked by $1).
         """
-        flags = "and (jobs.flags ?| $5::text[]) is not true" if with_flags else ""
+        columns = """jobs.id, null::text, ($4::text[])[array_position($2::int[], jobs.task_id)],
+  jobs.payload, jobs.priority, jobs.run_at, jobs.attempts + 1, jobs.max_attempts,
+  jobs.last_error, jobs.created_at, jobs.updated_at, null::text, now(), $1::text,
+  jobs.revision, jobs.flags"""
+        return (
+            f"with recursive {self._due_priorities(self._PLAIN_KIND)}"
+            + self._plain_candidates(with_flags, columns)
+        )
+
+    def claim_plain(self, *, with_flags: bool) -> str:
+        """Claim up to $3 due plain jobs the way graphile-worker does: attempts + 1,
+        ``locked_by``, ``locked_at``, committed at once.
+
+        Used when leases are off (``lease_time=0``). Parameters as
+        :meth:`lease_plain`.
+        """
         s = self.s
         return f"""
-with candidates as (
+with recursive {self._due_priorities(self._PLAIN_KIND)},
+candidates as ({self._plain_candidates(with_flags, "jobs.id")}
+),
+j as (
+  update {s}._private_jobs as jobs
+  set attempts = jobs.attempts + 1, locked_by = $1::text, locked_at = now()
+  from candidates
+  where jobs.id = candidates.id
+  returning jobs.*
+)
+select
+  j.id, null::text, ($4::text[])[array_position($2::int[], j.task_id)],
+  j.payload, j.priority, j.run_at, j.attempts, j.max_attempts, j.last_error,
+  j.created_at, j.updated_at, j.key, j.locked_at, j.locked_by, j.revision, j.flags
+from j
+order by j.priority, j.run_at, j.id"""
+
+    def claim_keyed_or_queued(self, *, with_flags: bool) -> str:
+        """Claim up to $3 due jobs that have a named queue or a job key, and lock
+        their queues; committed at once (never leased, see ``_CLAIMED_KIND``).
+
+        Candidates come in (priority, run_at, id) order from kongtask's partial
+        index of this kind, so jobs of one queue added together run in the
+        order they were added. Of each named queue only the first candidate is
+        kept, so a batch never holds two jobs of one queue (graphile-worker's
+        batch fetch can); the other candidates were only row-locked for this
+        statement and stay untouched. Parameters as :meth:`lease_plain`.
+        """
+        s = self.s
+        return f"""
+with recursive {self._due_priorities(self._CLAIMED_KIND)},
+candidates as (
   select jobs.id, jobs.job_queue_id, jobs.priority, jobs.run_at
   from {s}._private_jobs as jobs
   where jobs.is_available = true
+    and {self._CLAIMED_KIND}
+    and jobs.priority = any(array(select p.priority from priorities as p
+                                  where p.priority is not null))
     and jobs.run_at <= now()
     and jobs.task_id = any($2::int[])
     and (
@@ -206,19 +305,20 @@ with candidates as (
         for update skip locked
       )
     )
-    {flags}
-  order by jobs.priority, jobs.run_at
+    {self._flags_filter(with_flags)}
+  order by jobs.priority, jobs.run_at, jobs.id
   limit $3::int
   for update skip locked
 ),
 picked as (
-  select id, job_queue_id from (
-    select c.id, c.job_queue_id,
-      row_number() over (partition by c.job_queue_id
-                         order by c.priority, c.run_at, c.id) as nth
+  select c.id, c.job_queue_id from candidates as c where c.job_queue_id is null
+  union all
+  select * from (
+    select distinct on (c.job_queue_id) c.id, c.job_queue_id
     from candidates as c
-  ) as ranked
-  where job_queue_id is null or nth = 1
+    where c.job_queue_id is not null
+    order by c.job_queue_id, c.priority, c.run_at, c.id
+  ) as first_of_queue
 ),
 locked_queues as (
   update {s}._private_job_queues as job_queues
@@ -241,6 +341,46 @@ select
   j.created_at, j.updated_at, j.key, j.locked_at, j.locked_by, j.revision, j.flags
 from j
 order by j.priority, j.run_at, j.id"""
+
+    @cached_property
+    def settle_lease(self) -> str:
+        """Write a lease's outcomes inside its own transaction (which then commits).
+
+        $1 ids that succeeded (deleted), $2/$3/$4 ids, messages and replacement
+        payloads (JSON text or null) of failures, $5 ids still unfinished, $6
+        worker id. The rows are row-locked by this transaction and were never
+        claimed, so no ``locked_by`` checks are needed: a failure counts its
+        attempt here (the classic claim counted it at fetch) and backs off per
+        the contract; unfinished jobs are claimed the classic way, after which
+        their outcomes go through the ordinary completion statements.
+        """
+        s = self.s
+        return f"""
+with done as (
+  delete from {s}._private_jobs as jobs
+  where jobs.id = any($1::bigint[])
+),
+f as (
+  select * from unnest($2::bigint[], $3::text[], $4::text[]) as f(id, message, payload)
+),
+failed as (
+  update {s}._private_jobs as jobs
+  set
+    attempts = jobs.attempts + 1,
+    last_error = f.message,
+    run_at = greatest(now(), jobs.run_at)
+             + exp(least(jobs.attempts + 1, 10)) * interval '1 second',
+    updated_at = now(),
+    payload = coalesce(f.payload::json, jobs.payload)
+  from f
+  where jobs.id = f.id
+),
+claimed as (
+  update {s}._private_jobs as jobs
+  set attempts = jobs.attempts + 1, locked_by = $6::text, locked_at = now()
+  where jobs.id = any($5::bigint[])
+)
+select 1"""
 
     @cached_property
     def complete_batch(self) -> str:

@@ -1,59 +1,54 @@
-"""The worker pool: batched fetch, local queue, fixed slots, batched completion.
+"""The worker pool: connects, wires the pieces together, starts and stops them.
 
 How a job flows (DESIGN.md section 4):
 
-1. ``_fetch_loop`` locks a batch of due jobs in one statement (at most one per
-   named queue) and decodes it in one ``_core`` call into the local queue.
-2. ``concurrency`` slot coroutines pop jobs and run handlers; there is no
-   asyncio Task per job. When the local queue falls to the number of slots and
-   the last batch was full, the next fetch starts, so slots rarely wait.
-3. Results go to the :class:`~kongtask.completion.Completer`, which writes them
-   in batches on another connection while fetching goes on.
-4. When a batch comes back short the pool is idle: it waits for a
-   ``jobs:insert`` notification, the poll interval, a timer set to the next
-   future ``run_at``, or a completed flush (which may free a named queue).
+1. Two fetch pipelines (:mod:`kongtask.fetcher`) lock batches of due jobs,
+   at most one per named queue, most of them in *leases* (:mod:`kongtask.leases`),
+   and decode each batch in one ``_core`` call.
+2. The dispatcher (``_core.dispatch``) feeds ``concurrency`` slot coroutines
+   from the local queue; there is no asyncio Task per job.
+3. Outcomes of leased jobs are written when their lease settles, one statement
+   per batch; the others go to the :class:`~kongtask.completion.Completer`,
+   which writes them in batches on its own connection.
+4. Failures, timeouts and batch-job results: :mod:`kongtask.outcomes`; polling,
+   the stale-lock sweep and heartbeats: :mod:`kongtask.housekeeping`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
+import functools
 import logging
-import os
 import secrets
 import signal
-import socket
-import traceback
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 import asyncpg
-import orjson
 
 from . import migrate as _migrate
-from ._core import decode
+from ._core import decode, dispatch
 from .client import WorkerUtils
 from .completion import Completer
 from .config import resolve_schema
 from .cron import CronScheduler
-from .crontab import CronItem, as_cron_items
+from .crontab import as_cron_items
 from .db import create_pool, mask_dsn, resolve_dsn
-from .errors import ConfigError, JobTimeout, SchemaTooNew
+from .errors import ConfigError, SchemaTooNew
 from .events import EventEmitter
-from .held import HeldConnection
-from .helpers import Helpers
+from .fetcher import PIPELINES, Fetcher
+from .helpers import HelperContext, Helpers
+from .housekeeping import heartbeat_args, heartbeat_loop, poll_loop
+from .leases import LeaseKeeper
 from .listener import Listener
+from .options import WorkerOptions, build_options
+from .outcomes import SHUTDOWN_MESSAGE, Outcomes, format_error, with_timeout
 from .queries import Queries
 from .tasks import Handler, TaskList, as_task_list
 
 log = logging.getLogger("kongtask.worker")
 
 Job = decode.Job
-ForbiddenFlags = (
-    Iterable[str] | Callable[[], Iterable[str] | Awaitable[Iterable[str] | None] | None] | None
-)
 
 _DB_ERRORS = (
     OSError,
@@ -62,72 +57,6 @@ _DB_ERRORS = (
     asyncpg.InternalClientError,
     ConnectionError,
 )
-_TRACEBACK_FRAMES = 5
-_STALE_LOCK_SWEEP_INTERVAL = 600.0
-_YIELD_EVERY = 16
-#: Concurrent fetch statements per pool (see Runner.__init__).
-_FETCH_PIPELINES = 2
-SHUTDOWN_MESSAGE = "Worker was forcefully shut down while running this job"
-
-
-@dataclass(slots=True)
-class WorkerOptions:
-    """Tuning knobs of one pool. Times are in seconds."""
-
-    concurrency: int = 10
-    schema: str | None = None
-    poll_interval: float = 2.0
-    local_queue_size: int | None = None
-    complete_batch_delay: float = 0.002
-    complete_batch_size: int = 1000
-    forbidden_flags: ForbiddenFlags = None
-    prepared_statements: bool = True
-    max_pool_size: int | None = None
-    shutdown_timeout: float = 30.0
-    job_timeout: float | None = None
-    heartbeat_interval: float = 5.0
-    dead_worker_timeout: float = 30.0
-    handle_signals: bool = False
-    events: EventEmitter | None = None
-    logger: logging.Logger | None = None
-    crontab: str | Sequence[CronItem] | None = None
-    worker_id: str | None = None
-    migrate: bool = True
-    connect_kwargs: dict[str, Any] = field(default_factory=dict)
-
-    def validate(self) -> None:
-        """Reject nonsense early, naming the option."""
-        if self.concurrency < 1:
-            raise ConfigError(f"concurrency: must be >= 1, got {self.concurrency}")
-        if self.poll_interval <= 0:
-            raise ConfigError(f"poll_interval: must be > 0, got {self.poll_interval}")
-        if self.local_queue_size is not None and self.local_queue_size < 1:
-            raise ConfigError(f"local_queue_size: must be >= 1, got {self.local_queue_size}")
-        if self.complete_batch_delay < 0:
-            raise ConfigError("complete_batch_delay: must be >= 0")
-        if self.shutdown_timeout < 0:
-            raise ConfigError("shutdown_timeout: must be >= 0")
-        if self.job_timeout is not None and self.job_timeout <= 0:
-            raise ConfigError(f"job_timeout: must be > 0 or None, got {self.job_timeout}")
-        if self.heartbeat_interval <= 0:
-            raise ConfigError("heartbeat_interval: must be > 0")
-        if self.dead_worker_timeout <= 2 * self.heartbeat_interval:
-            raise ConfigError(
-                "dead_worker_timeout: must exceed twice heartbeat_interval, or live pools "
-                "would be declared dead"
-            )
-
-
-def format_error(exc: BaseException) -> str:
-    """``last_error`` text: the message first (as graphile-worker stores it), then
-    the last few frames of the traceback, so an operator sees where it failed."""
-    message = str(exc) or type(exc).__name__
-    if type(exc).__name__ not in message:
-        message = f"{type(exc).__name__}: {message}"
-    frames = traceback.format_tb(exc.__traceback__)[-_TRACEBACK_FRAMES:]
-    if not frames:
-        return message
-    return message + "\n" + "".join(frames).rstrip()
 
 
 class Runner:
@@ -161,44 +90,18 @@ class Runner:
         self._given_pool = dsn_or_pool if isinstance(dsn_or_pool, asyncpg.Pool) else None
         self._dsn = None if self._given_pool else resolve_dsn(dsn_or_pool)  # type: ignore[arg-type]
         self._pool: asyncpg.Pool | None = self._given_pool
-        self._concurrency = options.concurrency
-        self._queue_size = options.local_queue_size or max(4 * options.concurrency, 32)
-        # Local queue and idle slots waiting for a job.
-        self._local: deque[Job] = deque()
-        self._waiters: deque[asyncio.Future[Job | None]] = deque()
-        self._running: dict[int, Job] = {}
-        self._wakeup = asyncio.Event()
-        self._more = False  # the last fetch was full: more jobs are probably due
-        self._changed = True  # something may have moved the earliest future run_at
-        # Fetch pipelines: two statements in flight on two connections, each
-        # locking up to `_queue_size` jobs. One fetch at a time leaves the
-        # server's second core idle and the slots waiting a whole fetch
-        # (~8 ms per 500 rows here) after every batch; with two, the next
-        # batch is already on its way while the last one runs.
-        self._active = 0  # fetch statements in flight
-        self._inflight = 0  # jobs those statements may return
-        self._min_batch = max(1, self._queue_size // 5)
-        self._need_reclaim = False  # a fetch failed: we may hold jobs we never received
         self._heartbeats = False
-        self._streak = 0  # jobs handed out since the slots last yielded to the loop
-        self._timeouts: dict[str, float | None] = {}
-        self._fetch_sql = {
-            False: self.queries.fetch_jobs(with_flags=False),
-            True: self.queries.fetch_jobs(with_flags=True),
-        }
-        self._task_ids: list[int] = []
-        self._task_names: list[str] = []
-        self._handlers: dict[str, Handler] = {}
-        self._is_async: dict[str, bool] = {}
-        self._run_at_timer: asyncio.TimerHandle | None = None
         self._stopping = False
         self._abort = asyncio.Event()
         self._stopped = asyncio.Event()
+        self._fetch_tasks: list[asyncio.Task[None]] = []
         self._background: list[asyncio.Task[Any]] = []
         self._slots: list[asyncio.Task[None]] = []
         self._listener: Listener | None = None
         self._completer: Completer | None = None
-        self._utils: WorkerUtils | None = None
+        self._keeper: LeaseKeeper | None = None
+        self._fetcher: Fetcher | None = None
+        self._dispatcher: Any = None
         self._shutdown_task: asyncio.Task[None] | None = None
         self._signals_installed: list[int] = []
         self.ready = asyncio.Event()
@@ -208,6 +111,17 @@ class Runner:
 
     def __repr__(self) -> str:
         return f"<Runner {self.worker_id} schema={self.schema!r} {mask_dsn(self._dsn)}>"
+
+    # ------------------------------------------------------------- inspection
+    @property
+    def running_jobs(self) -> dict[int, Any]:
+        """Jobs whose handlers run now, by id (a live view: do not modify)."""
+        return self._dispatcher.running if self._dispatcher is not None else {}
+
+    @property
+    def queued_jobs(self) -> int:
+        """Jobs fetched and locked, waiting in the local queue for a free slot."""
+        return self._dispatcher.queued() if self._dispatcher is not None else 0
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> Runner:
@@ -238,7 +152,7 @@ class Runner:
                 self._pool = await create_pool(
                     self._dsn,
                     min_size=1,
-                    max_size=opts.max_pool_size or max(4, min(opts.concurrency, 20)),
+                    max_size=opts.pool_size,
                     prepared_statements=opts.prepared_statements,
                     **opts.connect_kwargs,
                 )
@@ -248,11 +162,11 @@ class Runner:
                 else:
                     await _migrate.ensure_compatible(conn, self.schema)
                 self._heartbeats = await _migrate.has_kongtask_track(conn, self.schema)
-                await self._register_tasks(conn)
+                task_ids, task_names = await self._register_tasks(conn)
                 if self._heartbeats:
                     # Registered before the first fetch: a pool killed right after
-                    # locking a job must already be known, or nobody frees it.
-                    await conn.execute(self.queries.heartbeat, *self._heartbeat_args())
+                    # claiming a job must already be known, or nobody frees it.
+                    await conn.execute(self.queries.heartbeat, *heartbeat_args(self.worker_id, ()))
             if listening is not None:
                 await listening
             if self._cron_items:
@@ -274,25 +188,40 @@ class Runner:
                 "crashed workers' jobs will only be freed after 4 hours",
                 self.schema,
             )
-        pool = self._pool
-        self._utils = WorkerUtils(pool, schema=self.schema)
-        self._completer = Completer(
-            pool,
-            self.queries,
-            self.worker_id,
-            delay=opts.complete_batch_delay,
-            max_batch=opts.complete_batch_size,
-            on_flushed=self._after_flush,
-        )
+        self._wire(loop, task_ids, task_names)
         self.events.emit("pool:create", {"worker_id": self.worker_id, "runner": self})
-        self._slots = [loop.create_task(self._slot()) for _ in range(self._concurrency)]
-        for _ in range(_FETCH_PIPELINES):
-            self._background.append(loop.create_task(self._fetch_loop()))
+        assert self._fetcher is not None and self._pool is not None
+        self._slots = [loop.create_task(self._dispatcher.slot()) for _ in range(opts.concurrency)]
+        self._fetch_tasks = [loop.create_task(self._fetcher.run()) for _ in range(PIPELINES)]
         if not self._once:
-            self._background.append(loop.create_task(self._poll_loop()))
+            self._background.append(
+                loop.create_task(
+                    poll_loop(
+                        self._pool,
+                        self.queries,
+                        opts.poll_interval,
+                        self._fetcher.on_poll,
+                        self.nudge,
+                        self.log,
+                    )
+                )
+            )
             if self._heartbeats:
-                self._background.append(loop.create_task(self._heartbeat_loop()))
-        for task in self._background:
+                self._background.append(
+                    loop.create_task(
+                        heartbeat_loop(
+                            self._pool,
+                            self.queries,
+                            self.worker_id,
+                            lambda: list(self.running_jobs),
+                            interval=opts.heartbeat_interval,
+                            dead_after=opts.dead_worker_timeout,
+                            nudge=self.nudge,
+                            log=self.log,
+                        )
+                    )
+                )
+        for task in (*self._fetch_tasks, *self._background):
             task.add_done_callback(self._background_done)
         if opts.handle_signals:
             self._install_signals()
@@ -300,6 +229,74 @@ class Runner:
         self.nudge()
         self.ready.set()
         return self
+
+    def _wire(self, loop: asyncio.AbstractEventLoop, task_ids: list[int],
+              task_names: list[str]) -> None:
+        """Build the completer, the lease keeper, the dispatcher and the fetcher."""
+        opts = self.options
+        pool = self._pool
+        assert pool is not None
+        self._completer = Completer(
+            pool,
+            self.queries,
+            self.worker_id,
+            delay=opts.complete_batch_delay,
+            max_batch=opts.complete_batch_size,
+            on_flushed=self._on_written,
+        )
+        self._keeper = LeaseKeeper(
+            pool,
+            self.queries,
+            self.worker_id,
+            lease_time=opts.lease_time,
+            # Two pipelines, each with its next batch in flight while up to two
+            # earlier leases of it finish; never more than the pool can spare.
+            max_connections=max(2, min(2 * PIPELINES, pool.get_max_size() - 2)),
+            completer=self._completer,
+            on_settled=self._on_written,
+            log=self.log,
+            session_settings=opts.prepared_statements,
+        )
+        outcomes = Outcomes(self.events, self.log)
+        context = HelperContext(
+            WorkerUtils(pool, schema=self.schema), pool, self._abort, self.worker_id, loop
+        )
+        timeouts = {name: self.tasks.timeout(name) or opts.job_timeout for name in task_names}
+        self._dispatcher = dispatch.Dispatcher(
+            tasks={
+                name: dispatch.TaskEntry(self.tasks[name], self.tasks.is_async(name),
+                                         timeouts[name])
+                for name in task_names
+            },
+            listeners=self.events.listeners,
+            emit=self.events.emit,
+            completer=self._completer,
+            make_helpers=functools.partial(Helpers, context),
+            run_sync=functools.partial(loop.run_in_executor, None),
+            with_timeout=with_timeout,
+            on_failure=outcomes.on_failure,
+            batch_outcome=outcomes.batch_outcome,
+            on_replacement=outcomes.on_replacement,
+            request_fetch=self._request_fetch,
+            worker_id=self.worker_id,
+            low_water=opts.concurrency,
+        )
+        outcomes.dispatcher = self._dispatcher
+        self._fetcher = Fetcher(
+            queries=self.queries,
+            worker_id=self.worker_id,
+            dispatcher=self._dispatcher,
+            keeper=self._keeper,
+            completer=self._completer,
+            pool=pool,
+            options=opts,
+            events=self.events,
+            log=self.log,
+            once=self._once,
+            on_drained=self._on_drained,
+        )
+        self._fetcher.task_ids = task_ids
+        self._fetcher.task_names = task_names
 
     def _background_done(self, task: asyncio.Task[Any]) -> None:
         """A background loop must only end by cancellation; anything else is a bug
@@ -316,16 +313,11 @@ class Runner:
         self.exit_code = self.exit_code or 1
         self._begin_shutdown(self.options.shutdown_timeout)
 
-    async def _register_tasks(self, conn: asyncpg.Connection) -> None:
+    async def _register_tasks(self, conn: asyncpg.Connection) -> tuple[list[int], list[str]]:
         names = list(self.tasks)
         rows = await conn.fetch(self.queries.register_tasks, names)
         by_name = {row["identifier"]: row["id"] for row in rows}
-        self._task_names = names
-        self._task_ids = [by_name[name] for name in names]
-        self._handlers = {name: self.tasks[name] for name in names}
-        self._is_async = {name: self.tasks.is_async(name) for name in names}
-        default = self.options.job_timeout
-        self._timeouts = {name: self.tasks.timeout(name) or default for name in names}
+        return [by_name[name] for name in names], names
 
     async def wait(self) -> int:
         """Until the pool has stopped; returns its exit code (0, or 57 for a newer schema)."""
@@ -390,36 +382,34 @@ class Runner:
             {"worker_id": self.worker_id},
         )
         self._stopping = True
-        self._wakeup.set()
+        dispatcher = self._dispatcher
+        if dispatcher is not None:
+            dispatcher.stopping = True
+        if self._fetcher is not None:
+            self._fetcher.stop()
         if self._cron is not None:
             await self._cron.stop()
-        if self._run_at_timer is not None:
-            self._run_at_timer.cancel()
-        # The fetch loop exits by itself once it sees _stopping; a fetch in
-        # flight is allowed to finish, so the jobs it locks come back to us
-        # (and are returned below) instead of being left locked in the database.
-        fetchers = self._background[:_FETCH_PIPELINES]
-        for task in self._background[_FETCH_PIPELINES:]:
+        # A fetch in flight is allowed to finish, so the jobs it locks come back
+        # to us (and are given back below) instead of staying locked for hours.
+        for task in self._background:
             task.cancel()
-        if fetchers:
-            _, late = await asyncio.wait(fetchers, timeout=5)
+        if self._fetch_tasks:
+            _, late = await asyncio.wait(self._fetch_tasks, timeout=5)
             for task in late:
                 task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await asyncio.gather(*self._fetch_tasks, *self._background, return_exceptions=True)
         if self._listener is not None:
             await self._listener.stop()
-        # Jobs fetched but never started go back first, so others can run them.
-        await self._return_local_queue()
-        for waiter in self._waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        self._waiters.clear()
+        if dispatcher is not None:
+            # Jobs fetched but never started go back first, so others can run them.
+            await self._return_local_queue()
+            dispatcher.release_waiters()
         if self._slots and not forceful:
             _, pending = await asyncio.wait(self._slots, timeout=timeout)
             if pending:
                 self.log.warning(
                     "%d job(s) still running after %.1fs; failing them so they retry",
-                    len(self._running),
+                    len(self.running_jobs),
                     timeout,
                 )
                 self._abort.set()
@@ -427,25 +417,7 @@ class Runner:
                     slot.cancel()
         if self._slots:
             await asyncio.gather(*self._slots, return_exceptions=True)
-        error: BaseException | None = None
-        try:
-            if self._completer is not None:
-                await asyncio.wait_for(self._completer.drain(), timeout=max(timeout, 10.0))
-            if self._pool is not None:
-                # Nothing runs and every result is written: whatever this worker
-                # id still holds was never started, so its attempt is undone.
-                await self._pool.execute(self.queries.return_orphans, self.worker_id, [])
-                await self._pool.execute(self.queries.force_unlock_workers, [self.worker_id])
-                if self._heartbeats:
-                    await self._pool.execute(self.queries.forget_worker, self.worker_id)
-        except (*_DB_ERRORS, asyncio.TimeoutError) as exc:
-            error = exc
-            self.log.error(
-                "could not write final results or unlock (%s); locks of %s "
-                "will be freed by the stale-lock sweep",
-                exc,
-                self.worker_id,
-            )
+        error = await self._write_back(timeout)
         self._remove_signals()
         await self._close_pool()
         suffix = ":error" if error else ":complete"
@@ -456,6 +428,31 @@ class Runner:
         self.events.emit("pool:release", {"worker_id": self.worker_id})
         self.events.emit("stop", {"worker_id": self.worker_id})
         self._stopped.set()
+
+    async def _write_back(self, timeout: float) -> BaseException | None:
+        """Settle leases, write buffered results, give back whatever is still held."""
+        try:
+            if self._keeper is not None:
+                await asyncio.wait_for(self._keeper.settle_all(), timeout=max(timeout, 10.0))
+                await self._keeper.close()
+            if self._completer is not None:
+                await asyncio.wait_for(self._completer.drain(), timeout=max(timeout, 10.0))
+            if self._pool is not None:
+                # Nothing runs and every result is written: whatever this worker
+                # id still holds was never started, so its attempt is undone.
+                await self._pool.execute(self.queries.return_orphans, self.worker_id, [])
+                await self._pool.execute(self.queries.force_unlock_workers, [self.worker_id])
+                if self._heartbeats:
+                    await self._pool.execute(self.queries.forget_worker, self.worker_id)
+        except (*_DB_ERRORS, asyncio.TimeoutError) as exc:
+            self.log.error(
+                "could not write final results or unlock (%s); locks of %s "
+                "will be freed by the stale-lock sweep",
+                exc,
+                self.worker_id,
+            )
+            return exc
+        return None
 
     def _remove_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -472,27 +469,48 @@ class Runner:
                 pool.terminate()
 
     async def _return_local_queue(self) -> None:
-        if not self._local or self._pool is None:
+        """Unstarted jobs: leased ones are simply released by their lease's commit,
+        claimed ones get their claim (and attempt) undone."""
+        jobs = self._dispatcher.take_unstarted()
+        if not jobs:
             return
-        jobs = list(self._local)
-        self._local.clear()
-        ids = [job.id for job in jobs]
-        try:
-            await self._pool.execute(self.queries.return_jobs, ids, self.worker_id)
-        except _DB_ERRORS as exc:
-            self.log.error("could not return %d unstarted job(s): %s", len(ids), exc)
-            return
+        claimed = []
+        for job in jobs:
+            lease = job.lease
+            if lease is not None and lease.open:
+                lease.drop(job.id)
+            else:
+                claimed.append(job)
+        if claimed and self._pool is not None:
+            ids = [job.id for job in claimed]
+            try:
+                await self._pool.execute(self.queries.return_jobs, ids, self.worker_id)
+            except _DB_ERRORS as exc:
+                self.log.error("could not return %d unstarted job(s): %s", len(ids), exc)
+                return
         self.events.emit("localQueue:returnJobs", {"jobs": jobs})
 
     # --------------------------------------------------------------- wake-up
     def nudge(self) -> None:
         """Ask for a fetch soon (idempotent)."""
-        self._wakeup.set()
+        if self._fetcher is not None:
+            self._fetcher.nudge()
+
+    def _request_fetch(self) -> None:
+        assert self._fetcher is not None
+        self._fetcher.request_fetch()
 
     def _on_insert(self, count: int) -> None:
-        self._changed = True
-        if count > 0 and not self._more:
-            self._wakeup.set()
+        if self._fetcher is not None:
+            self._fetcher.on_insert(count)
+
+    def _on_written(self) -> None:
+        if self._fetcher is not None:
+            self._fetcher.on_written()
+
+    def _on_drained(self) -> None:
+        # run_once: nothing due, nothing in hand, every result written.
+        self._begin_shutdown(self.options.shutdown_timeout)
 
     def _on_migrate(self, number: int, breaking: bool) -> None:
         if breaking and number > _migrate.LATEST_MIGRATION:
@@ -505,386 +523,11 @@ class Runner:
             self.exit_code = SchemaTooNew.exit_code
             self._begin_shutdown(self.options.shutdown_timeout)
 
-    def _after_flush(self) -> None:
-        # A flush may have freed named queues whose next jobs are now fetchable.
-        if not self._more:
-            self._wakeup.set()
-        if self._once:
-            self._wakeup.set()
-
-    def _on_run_at_timer(self) -> None:
-        self._run_at_timer = None
-        self._changed = True
-        self._wakeup.set()
-
-    async def _poll_loop(self) -> None:
-        interval = self.options.poll_interval
-        since_sweep = _STALE_LOCK_SWEEP_INTERVAL  # sweep once right after start
-        while True:
-            if not self._more:
-                self._changed = True
-                self._wakeup.set()
-            if since_sweep >= _STALE_LOCK_SWEEP_INTERVAL and self._pool is not None:
-                since_sweep = 0.0
-                try:
-                    freed = await self._pool.fetchval(self.queries.sweep_stale_locks)
-                except _DB_ERRORS as exc:
-                    self.log.warning("stale-lock sweep failed: %s", exc)
-                else:
-                    if freed:
-                        self.log.warning("freed %d lock(s) older than 4 hours", freed)
-                        self.nudge()
-            await asyncio.sleep(interval)
-            since_sweep += interval
-
-    def _heartbeat_args(self) -> tuple[str, str, int, list[str]]:
-        return (self.worker_id, socket.gethostname(), os.getpid(), [str(i) for i in self._running])
-
-    async def _heartbeat_loop(self) -> None:
-        """Stay visibly alive, and free the jobs of pools that are not.
-
-        Logs once when heartbeats start failing and once when they recover
-        (a database outage must not flood the log).
-        """
-        assert self._pool is not None
-        interval = self.options.heartbeat_interval
-        failing = False
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self._pool.execute(self.queries.heartbeat, *self._heartbeat_args())
-                row = await self._pool.fetchrow(
-                    self.queries.recover_dead_workers, self.options.dead_worker_timeout
-                )
-            except _DB_ERRORS as exc:
-                if not failing:
-                    failing = True
-                    self.log.warning("heartbeat failed (%s); retrying", exc)
-                continue
-            if failing:
-                failing = False
-                self.log.warning("heartbeat works again")
-            if row is not None and row["workers"]:
-                self.log.warning(
-                    "freed %d job(s) of worker(s) %s that stopped heartbeating",
-                    row["jobs"],
-                    ", ".join(row["workers"]),
-                )
-                self.nudge()
-
-    # ----------------------------------------------------------------- fetch
-    async def _forbidden_flags(self) -> list[str] | None:
-        source = self.options.forbidden_flags
-        if source is None:
-            return None
-        value: Any = source() if callable(source) else source
-        if inspect.isawaitable(value):
-            value = await value
-        if not value:
-            return None
-        return [str(flag) for flag in value]
-
-    async def _fetch_loop(self) -> None:
-        assert self._pool is not None
-        held = HeldConnection(self._pool)
-        try:
-            await self._fetch_forever(held)
-        finally:
-            await held.release()
-
-    async def _fetch_forever(self, held: HeldConnection) -> None:
-        delay = 0.05
-        failing = False
-        while not self._stopping:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            if self._stopping:
-                return
-            # Up to one batch queued locally plus one per pipeline in flight.
-            room = 2 * self._queue_size - len(self._local) - self._inflight + len(self._waiters)
-            if room <= 0 or (self._active and room < self._min_batch):
-                continue
-            if self._need_reclaim and self._active:
-                # The reclaim gives back every job locked by this worker that we
-                # do not hold; a fetch in flight holds some we have not seen yet.
-                continue
-            batch = min(room, self._queue_size)
-            self._active += 1
-            self._inflight += batch
-            try:
-                if self._need_reclaim:
-                    await self._reclaim_orphans()
-                    self._need_reclaim = False
-                flags = await self._forbidden_flags()
-                sql = self._fetch_sql[bool(flags)]
-                args: list[Any] = [self.worker_id, self._task_ids, batch, self._task_names]
-                if flags:
-                    args.append(flags)
-                conn = await held.get()
-                rows = await conn.fetch(sql, *args)
-                # Hand the jobs out before any further round trip: the
-                # next_run_at query below would add its latency to theirs.
-                jobs = decode.decode_jobs(rows) if rows else []
-                if jobs:
-                    self._deliver(jobs)
-                next_due = None
-                if len(rows) < batch and (self._changed or not rows):
-                    next_due = await conn.fetchval(self.queries.next_run_at, self._task_ids)
-            except asyncio.CancelledError:
-                raise
-            except _DB_ERRORS as exc:
-                self._active -= 1
-                self._inflight -= batch
-                await held.discard()
-                if not failing:
-                    failing = True
-                    self.log.warning("fetching jobs failed (%s); retrying", exc)
-                    self.events.emit("worker:getJob:error", {"error": exc})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                self._need_reclaim = True
-                self._wakeup.set()
-                continue
-            self._active -= 1
-            self._inflight -= batch
-            if self._need_reclaim:
-                self._wakeup.set()  # the other pipeline waits to reclaim alone
-            if failing:
-                failing = False
-                delay = 0.05
-                self.log.warning("fetching jobs works again")
-            self._more = len(rows) >= batch
-            if not rows:
-                self.events.emit("worker:getJob:empty", {"worker_id": self.worker_id})
-            if self.events.has("localQueue:getJobs:complete"):
-                self.events.emit(
-                    "localQueue:getJobs:complete", {"jobs": jobs, "worker_id": self.worker_id}
-                )
-            if len(rows) < batch:
-                self._changed = False
-                if next_due is not None:
-                    self._set_run_at_timer(float(next_due))
-            elif self._more and self._want_prefetch():
-                self._wakeup.set()
-            if (
-                self._once
-                and not rows
-                and not self._running
-                and not self._local
-                and not self._active
-            ):
-                # run_once: nothing due, nothing in hand; pending results are
-                # written by the shutdown's drain.
-                self._begin_shutdown(self.options.shutdown_timeout)
-                return
-
-    def _set_run_at_timer(self, delay: float) -> None:
-        loop = asyncio.get_running_loop()
-        when = loop.time() + max(delay, 0.0) + 0.001
-        timer = self._run_at_timer
-        if timer is not None:
-            if timer.when() <= when:
-                return
-            timer.cancel()
-        self._run_at_timer = loop.call_at(when, self._on_run_at_timer)
-
-    def _deliver(self, jobs: list[Job]) -> None:
-        local = self._local
-        if self._stopping:
-            local.extend(jobs)  # returned by the shutdown, never started
-            return
-        waiters = self._waiters
-        for job in jobs:
-            while waiters:
-                waiter = waiters.popleft()
-                if not waiter.done():
-                    waiter.set_result(job)
-                    break
-            else:
-                local.append(job)
-
-    async def _reclaim_orphans(self) -> None:
-        """After a failed fetch, free jobs the database says we hold but we never got.
-
-        A fetch can commit and then lose its connection before the rows reach
-        us; those jobs would stay locked for hours. Everything locked by this
-        worker id that is not running, queued locally or awaiting its result
-        is given back with its attempt undone. Raises if the database is still
-        unreachable; the fetch loop then retries it before its next fetch.
-        """
-        assert self._pool is not None and self._completer is not None
-        held = [*self._running, *(job.id for job in self._local), *self._completer.pending_ids()]
-        await self._pool.execute(self.queries.return_orphans, self.worker_id, held)
-
-    # ----------------------------------------------------------------- slots
-    def _want_prefetch(self) -> bool:
-        """A pipeline is free and less than a batch is queued or on its way."""
-        return (
-            self._active < _FETCH_PIPELINES
-            and len(self._local) + self._inflight <= self._queue_size
-        )
-
-    async def _next_job(self) -> Job | None:
-        local = self._local
-        if local:
-            job = local.popleft()
-            self._streak += 1
-            if self._streak >= _YIELD_EVERY:
-                # Handlers that never suspend would otherwise run the whole local
-                # queue in one go, starving the fetch and flush that should
-                # overlap with them; a periodic loop turn lets both proceed.
-                self._streak = 0
-                await asyncio.sleep(0)
-        else:
-            if self._stopping:
-                return None
-            waiter: asyncio.Future[Job | None] = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            if self._active < _FETCH_PIPELINES:
-                self._wakeup.set()
-            job = await waiter
-            if job is None:
-                return None
-        if self._more and self._want_prefetch():
-            self._wakeup.set()
-        return job
-
-    async def _slot(self) -> None:
-        completer = self._completer
-        assert completer is not None and self._pool is not None and self._utils is not None
-        running = self._running
-        handlers = self._handlers
-        is_async = self._is_async
-        timeouts = self._timeouts
-        events = self.events
-        loop = asyncio.get_running_loop()
-        while True:
-            job = await self._next_job()
-            if job is None:
-                return
-            running[job.id] = job
-            try:
-                if job.payload_error is not None:
-                    raise ValueError(job.payload_error)
-                helpers = Helpers(job, self._utils, self._pool, self._abort, self.worker_id, loop)
-                if events.has("job:start"):
-                    events.emit("job:start", {"job": job, "worker_id": self.worker_id})
-                name = job.task_identifier
-                limit = timeouts[name]
-                if is_async[name]:
-                    call = handlers[name](job.payload, helpers)
-                else:
-                    call = loop.run_in_executor(None, handlers[name], job.payload, helpers)
-                if limit is None:
-                    result = await call
-                else:
-                    result = await _with_timeout(call, limit, name)
-                if result is not None and inspect.isawaitable(result):
-                    result = await result
-                replacement = None
-                if result.__class__ is list and isinstance(job.payload, list):
-                    replacement = await self._batch_failures(job, result)
-            except asyncio.CancelledError:
-                del running[job.id]
-                self._record_failure(job, SHUTDOWN_MESSAGE, None, None)
-                return
-            except BaseException as exc:
-                del running[job.id]
-                if isinstance(exc, KeyboardInterrupt | SystemExit):
-                    self._record_failure(job, format_error(exc), exc, None)
-                    raise
-                self._record_failure(job, format_error(exc), exc, None)
-                continue
-            del running[job.id]
-            if replacement is not None:
-                failed_payload, message = replacement
-                self._record_failure(job, message, None, failed_payload)
-                continue
-            completer.complete(job.id)
-            if events.has("job:success"):
-                events.emit("job:success", {"job": job, "worker_id": self.worker_id})
-            if events.has("job:complete"):
-                events.emit("job:complete", {"job": job, "error": None})
-
-    async def _batch_failures(self, job: Job, result: list[Any]) -> tuple[list[Any], str] | None:
-        """For a list payload answered by a same-length list: keep the failed entries."""
-        payload = job.payload
-        if len(result) != len(payload):
-            self.log.warning(
-                "task %r returned %d results for %d payload entries; treating as success",
-                job.task_identifier,
-                len(result),
-                len(payload),
-            )
-            return None
-        failed: list[Any] = []
-        messages: list[str] = []
-        for entry, outcome in zip(payload, result, strict=True):
-            if inspect.isawaitable(outcome):
-                try:
-                    outcome = await outcome
-                except Exception as exc:
-                    outcome = exc
-            if isinstance(outcome, BaseException):
-                failed.append(entry)
-                messages.append(str(outcome) or type(outcome).__name__)
-        if not failed:
-            return None
-        return failed, "Batch failures:\n" + "\n".join(messages)
-
-    def _record_failure(
-        self,
-        job: Job,
-        message: str,
-        exc: BaseException | None,
-        replacement: list[Any] | None,
-    ) -> None:
-        assert self._completer is not None
-        payload_text = orjson.dumps(replacement).decode() if replacement is not None else None
-        self._completer.fail(job.id, message, payload_text)
-        final = job.attempts >= job.max_attempts
-        self.log.error(
-            "job %s (%s) failed, attempt %d of %d%s: %s",
-            job.id,
-            job.task_identifier,
-            job.attempts,
-            job.max_attempts,
-            " (permanently)" if final else "",
-            message.splitlines()[0] if message else "",
-        )
-        events = self.events
-        if events.has("job:error"):
-            events.emit("job:error", {"job": job, "error": exc, "message": message})
-        if final and events.has("job:failed"):
-            events.emit("job:failed", {"job": job, "error": exc, "message": message})
-        if events.has("job:complete"):
-            events.emit("job:complete", {"job": job, "error": exc or message})
-
-
-async def _with_timeout(call: Awaitable[Any], limit: float, task: str) -> Any:
-    """Await a handler for at most ``limit`` seconds, failing it with JobTimeout.
-
-    A sync handler's thread cannot be interrupted: the job is failed (and will
-    retry) while the thread runs on; document-worthy, not fixable in Python.
-    """
-    try:
-        return await asyncio.wait_for(call, limit)
-    except asyncio.TimeoutError:
-        raise JobTimeout(f"task {task!r} exceeded its timeout of {limit:g}s") from None
-
 
 def _pool_dsn(pool: asyncpg.Pool) -> str | None:
     """The DSN a borrowed pool was made with, for the LISTEN connection."""
     args = getattr(pool, "_connect_args", None) or ()
     return args[0] if args else None
-
-
-def _options(**kwargs: Any) -> WorkerOptions:
-    known = set(WorkerOptions.__dataclass_fields__)
-    unknown = set(kwargs) - known
-    if unknown:
-        raise ConfigError(f"unknown option(s): {', '.join(sorted(unknown))}")
-    return WorkerOptions(**kwargs)
 
 
 async def run(
@@ -893,7 +536,7 @@ async def run(
     **options: Any,
 ) -> Runner:
     """Start a worker pool and return its :class:`Runner` (already running)."""
-    runner = Runner(dsn_or_pool, tasks, _options(**options))
+    runner = Runner(dsn_or_pool, tasks, build_options(**options))
     await runner.start()
     return runner
 
@@ -903,10 +546,18 @@ async def run_once(
     tasks: TaskList | Mapping[str, Handler],
     **options: Any,
 ) -> int:
-    """Run every job that is due now (and any that become due meanwhile), then return."""
-    runner = Runner(dsn_or_pool, tasks, _options(**options), once=True)
+    """Run every job that is runnable now, including each named queue's next job
+    as the previous one finishes, and any job that becomes due meanwhile; then return."""
+    runner = Runner(dsn_or_pool, tasks, build_options(**options), once=True)
     await runner.start()
     return await runner.wait()
 
 
-__all__ = ["SHUTDOWN_MESSAGE", "Runner", "WorkerOptions", "format_error", "run", "run_once"]
+__all__ = [
+    "SHUTDOWN_MESSAGE",
+    "Runner",
+    "WorkerOptions",
+    "format_error",
+    "run",
+    "run_once",
+]

@@ -463,6 +463,19 @@ async def test_jobs_lists_live_workers_and_what_they_hold(
     runner = await kongtask.run(database_url, {"hold": hold}, schema=utils.schema)
     try:
         await asyncio.wait_for(entered.wait(), 20)
+        # A job runs leased (row-locked, nothing written) until its lease's
+        # deadline claims it; from then on it shows as held.
+        conn = await asyncpg.connect(database_url)
+        try:
+            s = quote_ident(utils.schema)
+            deadline = asyncio.get_running_loop().time() + 10
+            while not await conn.fetchval(
+                f"select count(*) from {s}._private_jobs where locked_by = $1", runner.worker_id
+            ):
+                assert asyncio.get_running_loop().time() < deadline, "the lease never claimed"
+                await asyncio.sleep(0.02)
+        finally:
+            await conn.close()
         code, out = await _command(database_url, "jobs", "-s", utils.schema, "--json")
         doc = orjson.loads(out)
         assert [(w["worker_id"], w["pid"], w["locked_jobs"]) for w in doc["workers"]] == [

@@ -183,23 +183,22 @@ async def test_batch_never_holds_two_jobs_of_one_queue(
     seen_batches: list[list[int]] = []
     events = kongtask.EventEmitter()
     rec = Recorder()
+    # Every fetch cycle reports what it delivered.
+    events.on(
+        "localQueue:getJobs:complete",
+        lambda event: seen_batches.append([j.id for j in event["jobs"]]),
+    )
     runner = kongtask.Runner(
         database_url,
         {"q": _async_record(rec)},
         kongtask.WorkerOptions(schema=utils.schema, events=events, concurrency=5),
     )
-    original = runner._deliver
-
-    def spy(jobs: list[Any]) -> None:
-        seen_batches.append([j.id for j in jobs])
-        original(jobs)
-
-    runner._deliver = spy  # type: ignore[method-assign]
     await runner.start()
     try:
         await rec.wait_for(5)
     finally:
         await runner.stop()
+    assert len(seen_batches) == 5
     assert all(len(batch) == 1 for batch in seen_batches)
     assert [c["i"] for c in rec.calls] == list(range(5))
 

@@ -16,7 +16,7 @@ import os
 from importlib import import_module
 from types import ModuleType
 
-_MODULES = ("decode", "payload", "schedule")
+_MODULES = ("decode", "dispatch", "payload", "schedule")
 
 
 def _load() -> tuple[str, dict[str, ModuleType]]:
@@ -31,6 +31,7 @@ def _load() -> tuple[str, dict[str, ModuleType]]:
 IMPLEMENTATION, _loaded = _load()
 
 decode: ModuleType = _loaded["decode"]
+dispatch: ModuleType = _loaded["dispatch"]
 payload: ModuleType = _loaded["payload"]
 schedule: ModuleType = _loaded["schedule"]
 
@@ -52,4 +53,4 @@ def twins() -> dict[str, dict[str, ModuleType]]:
     return result
 
 
-__all__ = ["IMPLEMENTATION", "decode", "payload", "schedule", "twins"]
+__all__ = ["IMPLEMENTATION", "decode", "dispatch", "payload", "schedule", "twins"]

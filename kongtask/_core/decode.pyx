@@ -10,6 +10,7 @@ the decoded objects, the same in both twins, are most of the remaining time.
 """
 
 import json
+from datetime import datetime, timedelta, timezone
 
 import orjson
 
@@ -33,7 +34,7 @@ cdef extern from "Python.h":
     int PyUnicode_1BYTE_KIND
     int PyUnicode_2BYTE_KIND
 
-__all__ = ["JOB_COLUMNS", "Job", "decode_job", "decode_jobs", "loads_payload"]
+__all__ = ["JOB_COLUMNS", "Job", "decode_job", "decode_jobs", "loads_payload", "pg_timestamp"]
 
 JOB_COLUMNS = (
     "id",
@@ -67,6 +68,29 @@ cdef object _json_loads = json.loads
 cdef str _BAD_JSON = "payload is not valid JSON: "
 cdef str _TOO_DEEP = "payload JSON is nested too deeply to decode"
 cdef str _BAD_FLAGS = "flags is not a JSON object: "
+
+
+# asyncpg's own mapping of timestamptz values, so a lazily converted timestamp
+# equals what asyncpg would have returned: PostgreSQL counts microseconds from
+# 2000-01-01 UTC, and its infinities become naive datetime.max / datetime.min.
+cdef object _PG_EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
+cdef object _INFINITY = datetime(9999, 12, 31, 23, 59, 59, 999999)
+cdef object _NEGATIVE_INFINITY = datetime(1, 1, 1)
+cdef object _PG_INFINITY = 0x7FFFFFFFFFFFFFFF
+cdef object _PG_NEGATIVE_INFINITY = -0x8000000000000000
+
+
+cdef object _pg_timestamp(object micros):
+    if micros == _PG_INFINITY:
+        return _INFINITY
+    if micros == _PG_NEGATIVE_INFINITY:
+        return _NEGATIVE_INFINITY
+    return _PG_EPOCH + timedelta(0, micros // 1000000, micros % 1000000)
+
+
+def pg_timestamp(micros):
+    """PostgreSQL's timestamptz microseconds -> the datetime asyncpg would return."""
+    return _pg_timestamp(micros)
 
 
 ctypedef fused char_t:
@@ -165,9 +189,9 @@ cdef bint _nested_deeper_than(object text, Py_ssize_t limit) except -1:
 
 
 cdef class _Decoded:
-    """Where the helpers below leave a value and its error (a Job is one too)."""
-    cdef public object payload
-    cdef public object payload_error
+    """Where the helpers below leave a value and its error (a Job is one too).
+
+    Fields are declared in decode.pxd, so that ``dispatch`` reads them in C."""
 
 
 cdef void _stdlib_loads(_Decoded into, object text) except *:
@@ -239,22 +263,6 @@ cdef class Job(_Decoded):
     the task with a wrong payload.
     """
 
-    cdef public object id
-    cdef public object queue_name
-    cdef public object task_identifier
-    cdef public object priority
-    cdef public object run_at
-    cdef public object attempts
-    cdef public object max_attempts
-    cdef public object last_error
-    cdef public object created_at
-    cdef public object updated_at
-    cdef public object key
-    cdef public object locked_at
-    cdef public object locked_by
-    cdef public object revision
-    cdef public object flags
-
     def __init__(self, id, queue_name, task_identifier, payload, priority, run_at, attempts,
                  max_attempts, last_error, created_at, updated_at, key, locked_at, locked_by,
                  revision, flags, payload_error=None):
@@ -275,6 +283,50 @@ cdef class Job(_Decoded):
         self.revision = revision
         self.flags = flags
         self.payload_error = payload_error
+        self.lease = None
+
+    # Timestamps may arrive as PostgreSQL's own microseconds (the fetch
+    # connections decode timestamptz that way: building four datetimes per row
+    # was a fifth of the worker's CPU); they become datetimes on first read.
+    @property
+    def run_at(self):
+        if type(self._run_at) is int:
+            self._run_at = _pg_timestamp(self._run_at)
+        return self._run_at
+
+    @run_at.setter
+    def run_at(self, value):
+        self._run_at = value
+
+    @property
+    def created_at(self):
+        if type(self._created_at) is int:
+            self._created_at = _pg_timestamp(self._created_at)
+        return self._created_at
+
+    @created_at.setter
+    def created_at(self, value):
+        self._created_at = value
+
+    @property
+    def updated_at(self):
+        if type(self._updated_at) is int:
+            self._updated_at = _pg_timestamp(self._updated_at)
+        return self._updated_at
+
+    @updated_at.setter
+    def updated_at(self, value):
+        self._updated_at = value
+
+    @property
+    def locked_at(self):
+        if type(self._locked_at) is int:
+            self._locked_at = _pg_timestamp(self._locked_at)
+        return self._locked_at
+
+    @locked_at.setter
+    def locked_at(self, value):
+        self._locked_at = value
 
     def __repr__(self):
         # Never the payload: it may hold personal data and this ends up in logs.
@@ -320,14 +372,14 @@ cdef inline void _fill_from_tuple(Job job, tuple row) noexcept:
     job.task_identifier = <object>PyTuple_GET_ITEM(row, 2)
     job.payload = <object>PyTuple_GET_ITEM(row, 3)
     job.priority = <object>PyTuple_GET_ITEM(row, 4)
-    job.run_at = <object>PyTuple_GET_ITEM(row, 5)
+    job._run_at = <object>PyTuple_GET_ITEM(row, 5)
     job.attempts = <object>PyTuple_GET_ITEM(row, 6)
     job.max_attempts = <object>PyTuple_GET_ITEM(row, 7)
     job.last_error = <object>PyTuple_GET_ITEM(row, 8)
-    job.created_at = <object>PyTuple_GET_ITEM(row, 9)
-    job.updated_at = <object>PyTuple_GET_ITEM(row, 10)
+    job._created_at = <object>PyTuple_GET_ITEM(row, 9)
+    job._updated_at = <object>PyTuple_GET_ITEM(row, 10)
     job.key = <object>PyTuple_GET_ITEM(row, 11)
-    job.locked_at = <object>PyTuple_GET_ITEM(row, 12)
+    job._locked_at = <object>PyTuple_GET_ITEM(row, 12)
     job.locked_by = <object>PyTuple_GET_ITEM(row, 13)
     job.revision = <object>PyTuple_GET_ITEM(row, 14)
     job.flags = <object>PyTuple_GET_ITEM(row, 15)
@@ -341,14 +393,14 @@ cdef void _fill_from_sequence(Job job, object row) except *:
     job.task_identifier = PySequence_ITEM(row, 2)
     job.payload = PySequence_ITEM(row, 3)
     job.priority = PySequence_ITEM(row, 4)
-    job.run_at = PySequence_ITEM(row, 5)
+    job._run_at = PySequence_ITEM(row, 5)
     job.attempts = PySequence_ITEM(row, 6)
     job.max_attempts = PySequence_ITEM(row, 7)
     job.last_error = PySequence_ITEM(row, 8)
-    job.created_at = PySequence_ITEM(row, 9)
-    job.updated_at = PySequence_ITEM(row, 10)
+    job._created_at = PySequence_ITEM(row, 9)
+    job._updated_at = PySequence_ITEM(row, 10)
     job.key = PySequence_ITEM(row, 11)
-    job.locked_at = PySequence_ITEM(row, 12)
+    job._locked_at = PySequence_ITEM(row, 12)
     job.locked_by = PySequence_ITEM(row, 13)
     job.revision = PySequence_ITEM(row, 14)
     job.flags = PySequence_ITEM(row, 15)
@@ -406,15 +458,19 @@ cdef Job _decode_row(object row, Py_ssize_t index):
     return job
 
 
-def decode_jobs(rows):
-    """Decodes a fetched batch (rows in ``JOB_COLUMNS`` order) in one pass."""
+def decode_jobs(rows, lease=None):
+    """Decodes a fetched batch (rows in ``JOB_COLUMNS`` order) in one pass;
+    every job gets ``lease`` (the Lease holding their rows, or None)."""
     # A tuple snapshot: a Record-like row's __getitem__ is Python code that could
     # mutate a caller's list while the loop below reads it without bounds checks.
     cdef tuple seq = rows if type(rows) is tuple else tuple(rows)
     cdef Py_ssize_t i, n = PyTuple_GET_SIZE(seq)
     cdef list out = [None] * n
+    cdef Job job
     for i in range(n):
-        out[i] = _decode_row(<object>PyTuple_GET_ITEM(seq, i), i)
+        job = _decode_row(<object>PyTuple_GET_ITEM(seq, i), i)
+        job.lease = lease
+        out[i] = job
     return out
 
 

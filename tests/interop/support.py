@@ -418,7 +418,12 @@ KONGTASK_ONLY: dict[str, frozenset[str]] = {
         "_kongtask_workers.last_seen",
     }),
     "constraints": frozenset({"_kongtask_migrations_pkey", "_kongtask_workers_pkey"}),
-    "indexes": frozenset({"_kongtask_migrations_pkey", "_kongtask_workers_pkey"}),
+    "indexes": frozenset({
+        "_kongtask_jobs_claim_index",
+        "_kongtask_jobs_lease_index",
+        "_kongtask_migrations_pkey",
+        "_kongtask_workers_pkey",
+    }),
     "functions": frozenset(),
     "sequences": frozenset(),
 }

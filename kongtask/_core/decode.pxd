@@ -1,0 +1,28 @@
+# C-level layout of the compiled twin's job objects, shared with ``dispatch``
+# so that the slot loop reads a job's fields without attribute lookups.
+
+cdef class _Decoded:
+    cdef public object payload
+    cdef public object payload_error
+
+
+cdef class Job(_Decoded):
+    cdef public object id
+    cdef public object queue_name
+    cdef public object task_identifier
+    cdef public object priority
+    cdef object _run_at
+    cdef public object attempts
+    cdef public object max_attempts
+    cdef public object last_error
+    cdef object _created_at
+    cdef object _updated_at
+    cdef public object key
+    cdef object _locked_at
+    cdef public object locked_by
+    cdef public object revision
+    cdef public object flags
+    # The Lease of the fetch transaction that still holds this job's row, if any.
+    cdef public object lease
+
+    cdef tuple _astuple(self)

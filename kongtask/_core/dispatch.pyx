@@ -1,0 +1,321 @@
+"""Compiled twin of ``kongtask._core.dispatch_py``: local queue, slots, leases.
+
+Same behaviour, same names; see the pure twin for what each piece is for.
+What the compiler buys on this per-job path: the slot loop is a C coroutine,
+jobs and leases are C structs read without attribute lookups (``Job`` is
+declared in decode.pxd), the local queue is a list with a head index instead
+of a deque's method calls, and the event checks are dict lookups in C.
+"""
+
+import asyncio
+import inspect
+
+from kongtask._core.decode cimport Job
+
+__all__ = ["Dispatcher", "Lease", "TaskEntry"]
+
+YIELD_EVERY = 16
+
+cdef object _CancelledError = asyncio.CancelledError
+cdef object _isawaitable = inspect.isawaitable
+cdef tuple _REraise = (KeyboardInterrupt, SystemExit)
+cdef object _get_running_loop = asyncio.get_running_loop
+
+
+cdef class _YieldOnce:
+    """Awaitable that yields to the event loop exactly once (a bare ``yield``)."""
+
+    cdef bint _done
+
+    def __await__(self):
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._done:
+            raise StopIteration
+        self._done = True
+        return None
+
+
+cdef class Lease:
+    """A fetched batch of jobs whose rows stay locked by their fetch transaction.
+
+    See the pure twin: nothing is written for a leased job until the batch
+    settles; ``open`` turns False once settling starts.
+    """
+
+    cdef public list jobs
+    cdef public Py_ssize_t unfinished
+    cdef public list done
+    cdef public list failed
+    cdef public list dropped
+    cdef public bint open
+    cdef object _on_finished
+    cdef public object conn
+    cdef public object timer
+
+    def __init__(self, list jobs, on_finished):
+        self.jobs = jobs
+        self.unfinished = len(jobs)
+        self.done = []
+        self.failed = []
+        self.dropped = []
+        self.open = True
+        self._on_finished = on_finished
+        self.conn = None
+        self.timer = None
+
+    cpdef succeeded(self, job_id):
+        """The job's handler succeeded: its row is deleted when the lease settles."""
+        self.done.append(job_id)
+        self._one_finished()
+
+    cpdef failed_with(self, job_id, message, payload_text):
+        """The job failed: attempt, message and backoff are written when it settles."""
+        self.failed.append((job_id, message, payload_text))
+        self._one_finished()
+
+    cpdef drop(self, job_id):
+        """The job was never started (shutdown): the commit simply releases it."""
+        self.dropped.append(job_id)
+        self._one_finished()
+
+    cdef inline void _one_finished(self) except *:
+        self.unfinished -= 1
+        if self.unfinished == 0 and self.open:
+            self._on_finished(self)
+
+    def unfinished_ids(self):
+        """Ids with no outcome yet: running, or waiting in the local queue."""
+        cdef set finished = set(self.done)
+        cdef tuple entry
+        for entry in self.failed:
+            finished.add(entry[0])
+        finished.update(self.dropped)
+        return [job.id for job in self.jobs if job.id not in finished]
+
+
+cdef class TaskEntry:
+    """What a slot needs to run one task: its handler, how to call it, its timeout."""
+
+    cdef public object handler
+    cdef public bint is_async
+    cdef public object timeout
+
+    def __init__(self, handler, bint is_async, timeout):
+        self.handler = handler
+        self.is_async = is_async
+        self.timeout = timeout
+
+
+cdef class Dispatcher:
+    """The local queue and the slot loop of one pool (see the pure twin)."""
+
+    cdef public dict tasks
+    cdef public dict listeners
+    cdef public object emit
+    cdef public object completer
+    cdef object _complete
+    cdef object _fail
+    cdef public object make_helpers
+    cdef public object run_sync
+    cdef public object with_timeout
+    cdef public object on_failure
+    cdef public object batch_outcome
+    cdef public object on_replacement
+    cdef public object request_fetch
+    cdef public str worker_id
+    cdef public Py_ssize_t low_water
+    # The local queue: jobs live in _local[_head:]; the list is reset when drained.
+    cdef list _local
+    cdef Py_ssize_t _head
+    cdef public object waiters
+    cdef public dict running
+    cdef public Py_ssize_t started
+    cdef public bint more
+    cdef public bint stopping
+    cdef int _streak
+
+    def __init__(self, *, dict tasks, dict listeners, emit, completer, make_helpers, run_sync,
+                 with_timeout, on_failure, batch_outcome, on_replacement, request_fetch,
+                 str worker_id, Py_ssize_t low_water):
+        from collections import deque
+
+        self.tasks = tasks
+        self.listeners = listeners
+        self.emit = emit
+        self.completer = completer
+        self._complete = completer.complete
+        self._fail = completer.fail
+        self.make_helpers = make_helpers
+        self.run_sync = run_sync
+        self.with_timeout = with_timeout
+        self.on_failure = on_failure
+        self.batch_outcome = batch_outcome
+        self.on_replacement = on_replacement
+        self.request_fetch = request_fetch
+        self.worker_id = worker_id
+        self.low_water = low_water
+        self._local = []
+        self._head = 0
+        self.waiters = deque()
+        self.running = {}
+        self.started = 0
+        self.more = False
+        self.stopping = False
+        self._streak = 0
+
+    # ------------------------------------------------------------ local queue
+    @property
+    def local(self):
+        """The jobs waiting in the local queue, oldest first (a copy)."""
+        return self._local[self._head:]
+
+    cpdef Py_ssize_t queued(self):
+        """Jobs waiting in the local queue."""
+        return len(self._local) - self._head
+
+    def idle_slots(self):
+        """Slots waiting for a job."""
+        return len(self.waiters)
+
+    def deliver(self, list jobs):
+        """Hand fetched jobs to idle slots first, then queue the rest in order."""
+        cdef Py_ssize_t i = 0, n = len(jobs)
+        if self.stopping:
+            self._local.extend(jobs)  # given back by the shutdown, never started
+            return
+        waiters = self.waiters
+        while i < n and waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(jobs[i])
+                i += 1
+        if i == 0:
+            self._local.extend(jobs)
+        elif i < n:
+            self._local.extend(jobs[i:])
+
+    def take_unstarted(self):
+        """Empty the local queue (shutdown) and return what it held."""
+        jobs = self._local[self._head:]
+        self._local = []
+        self._head = 0
+        return jobs
+
+    def release_waiters(self):
+        """Wake idle slots with nothing, so that they return (shutdown)."""
+        for waiter in self.waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self.waiters.clear()
+
+    # --------------------------------------------------------------- outcomes
+    cpdef succeed(self, Job job):
+        """Route a success to the job's open lease, else to the completer."""
+        cdef object lease = job.lease
+        if lease is not None and (<Lease>lease).open:
+            (<Lease>lease).succeeded(job.id)
+        else:
+            self._complete(job.id)
+
+    cpdef fail(self, Job job, message, payload_text):
+        """Route a failure to the job's open lease, else to the completer."""
+        cdef object lease = job.lease
+        if lease is not None and (<Lease>lease).open:
+            (<Lease>lease).failed_with(job.id, message, payload_text)
+        else:
+            self._fail(job.id, message, payload_text)
+
+    # ------------------------------------------------------------------ slots
+    cdef inline object _pop_local(self):
+        """The oldest queued job, or None when the local queue is empty."""
+        cdef list local = self._local
+        cdef Py_ssize_t n = len(local)
+        if self._head >= n:
+            return None
+        job = local[self._head]
+        local[self._head] = None
+        self._head += 1
+        if n - self._head == self.low_water and self.more:
+            self.request_fetch()
+        if self._head == n and self._local is local:
+            self._local = []
+            self._head = 0
+        return job
+
+    async def _wait_for_job(self):
+        if self.stopping:
+            return None
+        waiter = _get_running_loop().create_future()
+        self.waiters.append(waiter)
+        self.request_fetch()
+        return await waiter
+
+    async def slot(self):
+        """Run jobs until the pool stops; cancelled = forceful shutdown."""
+        cdef dict running = self.running
+        cdef dict tasks = self.tasks
+        cdef dict listeners = self.listeners
+        cdef Job job
+        cdef TaskEntry entry
+        cdef object found, job_id, name, helpers, call, result, replacement
+        while True:
+            found = self._pop_local()
+            if found is None:
+                found = await self._wait_for_job()
+                if found is None:
+                    return
+            else:
+                self._streak += 1
+                if self._streak >= YIELD_EVERY:
+                    self._streak = 0
+                    await _YieldOnce()
+            job = <Job?>found
+            self.started += 1
+            job_id = job.id
+            running[job_id] = job
+            replacement = None
+            try:
+                if job.payload_error is not None:
+                    raise ValueError(job.payload_error)
+                name = job.task_identifier
+                entry = <TaskEntry?>tasks[name]
+                helpers = self.make_helpers(job)
+                if "job:start" in listeners:
+                    self.emit("job:start", {"job": job, "worker_id": self.worker_id})
+                if entry.is_async:
+                    call = entry.handler(job.payload, helpers)
+                else:
+                    call = self.run_sync(entry.handler, job.payload, helpers)
+                if entry.timeout is None:
+                    result = await call
+                else:
+                    result = await self.with_timeout(call, entry.timeout, name)
+                if result is not None:
+                    if _isawaitable(result):
+                        result = await result
+                    if type(result) is list and isinstance(job.payload, list):
+                        replacement = await self.batch_outcome(job, result)
+            except _CancelledError:
+                del running[job_id]
+                self.on_failure(job, None, True)
+                return
+            except BaseException as exc:
+                del running[job_id]
+                self.on_failure(job, exc, False)
+                if isinstance(exc, _REraise):
+                    raise
+                continue
+            del running[job_id]
+            if replacement is not None:
+                self.on_replacement(job, replacement)
+                continue
+            self.succeed(job)
+            if "job:success" in listeners:
+                self.emit("job:success", {"job": job, "worker_id": self.worker_id})
+            if "job:complete" in listeners:
+                self.emit("job:complete", {"job": job, "error": None})

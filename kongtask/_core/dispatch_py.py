@@ -1,0 +1,274 @@
+"""Pure-Python twin of ``kongtask._core.dispatch``: local queue, slots, leases.
+
+Everything here runs once per job, which is why it lives in ``_core`` with a
+compiled twin (DESIGN.md section 5): a fetched job waits in the local queue,
+one of ``concurrency`` slot coroutines takes it, runs its handler and routes
+the outcome to the job's :class:`Lease` (while its fetch transaction is still
+open) or to the completer (once the job was claimed with a row update).
+
+The module knows no database: the worker hands it callables for everything
+that is not bookkeeping (building helpers, running sync handlers in a thread,
+timeouts, formatting failures, batch-job outcomes, asking for a fetch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import types
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+__all__ = ["Dispatcher", "Lease", "TaskEntry"]
+
+#: Jobs a slot runs back to back before it lets the event loop turn. Handlers
+#: that never suspend would otherwise run the whole local queue in one go,
+#: starving the fetch and the result writes that should overlap with them.
+YIELD_EVERY = 16
+
+
+@types.coroutine
+def _yield_to_loop() -> Any:
+    """One bare yield: asyncio reschedules the task on the next loop turn."""
+    yield
+
+
+class Lease:
+    """A fetched batch of jobs whose rows stay locked by their fetch transaction.
+
+    Nothing is written for a leased job until the batch settles: success
+    deletes the row, failure records it, and jobs still unfinished at the
+    lease's deadline are claimed the classic way (attempts + 1, locked_by).
+    ``open`` turns False once settling starts; outcomes that arrive later go
+    to the completer, because those jobs are claimed by then.
+    """
+
+    __slots__ = ("_on_finished", "conn", "done", "dropped", "failed", "jobs", "open", "timer",
+                 "unfinished")
+
+    def __init__(self, jobs: list[Any], on_finished: Callable[[Lease], None]) -> None:
+        self.jobs = jobs
+        self.unfinished = len(jobs)
+        self.done: list[int] = []
+        self.failed: list[tuple[int, str, str | None]] = []
+        self.dropped: list[int] = []
+        self.open = True
+        self._on_finished = on_finished
+        self.conn: Any = None
+        self.timer: Any = None
+
+    def succeeded(self, job_id: int) -> None:
+        """The job's handler succeeded: its row is deleted when the lease settles."""
+        self.done.append(job_id)
+        self._one_finished()
+
+    def failed_with(self, job_id: int, message: str, payload_text: str | None) -> None:
+        """The job failed: attempt, message and backoff are written when it settles."""
+        self.failed.append((job_id, message, payload_text))
+        self._one_finished()
+
+    def drop(self, job_id: int) -> None:
+        """The job was never started (shutdown): the commit simply releases it."""
+        self.dropped.append(job_id)
+        self._one_finished()
+
+    def _one_finished(self) -> None:
+        self.unfinished -= 1
+        if self.unfinished == 0 and self.open:
+            self._on_finished(self)
+
+    def unfinished_ids(self) -> list[int]:
+        """Ids with no outcome yet: running, or waiting in the local queue."""
+        finished = set(self.done)
+        finished.update(entry[0] for entry in self.failed)
+        finished.update(self.dropped)
+        return [job.id for job in self.jobs if job.id not in finished]
+
+
+class TaskEntry:
+    """What a slot needs to run one task: its handler, how to call it, its timeout."""
+
+    __slots__ = ("handler", "is_async", "timeout")
+
+    def __init__(self, handler: Callable[..., Any], is_async: bool, timeout: float | None) -> None:
+        self.handler = handler
+        self.is_async = is_async
+        self.timeout = timeout
+
+
+class Dispatcher:
+    """The local queue and the slot loop of one pool.
+
+    ``deliver`` puts fetched jobs in the local queue (or straight into the
+    hands of idle slots); ``concurrency`` coroutines running :meth:`slot` take
+    them in order. ``request_fetch`` is called when the local queue falls to
+    ``low_water`` while ``more`` says the last fetch was full, and whenever a
+    slot finds the queue empty.
+    """
+
+    def __init__(
+        self,
+        *,
+        tasks: dict[str, TaskEntry],
+        listeners: dict[str, Any],
+        emit: Callable[[str, dict[str, Any]], None],
+        completer: Any,
+        make_helpers: Callable[[Any], Any],
+        run_sync: Callable[[Callable[..., Any], Any, Any], Awaitable[Any]],
+        with_timeout: Callable[[Awaitable[Any], float, str], Awaitable[Any]],
+        on_failure: Callable[[Any, BaseException | None, bool], None],
+        batch_outcome: Callable[[Any, list[Any]], Awaitable[Any]],
+        on_replacement: Callable[[Any, Any], None],
+        request_fetch: Callable[[], None],
+        worker_id: str,
+        low_water: int,
+    ) -> None:
+        self.tasks = tasks
+        self.listeners = listeners
+        self.emit = emit
+        self.completer = completer
+        self.make_helpers = make_helpers
+        self.run_sync = run_sync
+        self.with_timeout = with_timeout
+        self.on_failure = on_failure
+        self.batch_outcome = batch_outcome
+        self.on_replacement = on_replacement
+        self.request_fetch = request_fetch
+        self.worker_id = worker_id
+        self.low_water = low_water
+        self.local: deque[Any] = deque()
+        self.waiters: deque[asyncio.Future[Any]] = deque()
+        self.running: dict[int, Any] = {}
+        self.started = 0
+        self.more = False
+        self.stopping = False
+        self._streak = 0
+
+    # ------------------------------------------------------------ local queue
+    def queued(self) -> int:
+        """Jobs waiting in the local queue."""
+        return len(self.local)
+
+    def idle_slots(self) -> int:
+        """Slots waiting for a job."""
+        return len(self.waiters)
+
+    def deliver(self, jobs: list[Any]) -> None:
+        """Hand fetched jobs to idle slots first, then queue the rest in order."""
+        local = self.local
+        if self.stopping:
+            local.extend(jobs)  # given back by the shutdown, never started
+            return
+        waiters = self.waiters
+        for job in jobs:
+            while waiters:
+                waiter = waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(job)
+                    break
+            else:
+                local.append(job)
+
+    def take_unstarted(self) -> list[Any]:
+        """Empty the local queue (shutdown) and return what it held."""
+        jobs = list(self.local)
+        self.local.clear()
+        return jobs
+
+    def release_waiters(self) -> None:
+        """Wake idle slots with nothing, so that they return (shutdown)."""
+        for waiter in self.waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self.waiters.clear()
+
+    # --------------------------------------------------------------- outcomes
+    def succeed(self, job: Any) -> None:
+        """Route a success to the job's open lease, else to the completer."""
+        lease = job.lease
+        if lease is not None and lease.open:
+            lease.succeeded(job.id)
+        else:
+            self.completer.complete(job.id)
+
+    def fail(self, job: Any, message: str, payload_text: str | None) -> None:
+        """Route a failure to the job's open lease, else to the completer."""
+        lease = job.lease
+        if lease is not None and lease.open:
+            lease.failed_with(job.id, message, payload_text)
+        else:
+            self.completer.fail(job.id, message, payload_text)
+
+    # ------------------------------------------------------------------ slots
+    async def _next_job(self) -> Any:
+        local = self.local
+        if local:
+            job = local.popleft()
+            if len(local) == self.low_water and self.more:
+                self.request_fetch()
+            self._streak += 1
+            if self._streak >= YIELD_EVERY:
+                self._streak = 0
+                await _yield_to_loop()
+            return job
+        if self.stopping:
+            return None
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        self.request_fetch()
+        return await waiter
+
+    async def slot(self) -> None:
+        """Run jobs until the pool stops; cancelled = forceful shutdown."""
+        running = self.running
+        tasks = self.tasks
+        listeners = self.listeners
+        while True:
+            job = await self._next_job()
+            if job is None:
+                return
+            self.started += 1
+            job_id = job.id
+            running[job_id] = job
+            replacement = None
+            try:
+                if job.payload_error is not None:
+                    raise ValueError(job.payload_error)
+                name = job.task_identifier
+                entry = tasks[name]
+                helpers = self.make_helpers(job)
+                if "job:start" in listeners:
+                    self.emit("job:start", {"job": job, "worker_id": self.worker_id})
+                if entry.is_async:
+                    call = entry.handler(job.payload, helpers)
+                else:
+                    call = self.run_sync(entry.handler, job.payload, helpers)
+                if entry.timeout is None:
+                    result = await call
+                else:
+                    result = await self.with_timeout(call, entry.timeout, name)
+                if result is not None:
+                    if inspect.isawaitable(result):
+                        result = await result
+                    if result.__class__ is list and isinstance(job.payload, list):
+                        replacement = await self.batch_outcome(job, result)
+            except asyncio.CancelledError:
+                del running[job_id]
+                self.on_failure(job, None, True)
+                return
+            except BaseException as exc:
+                del running[job_id]
+                self.on_failure(job, exc, False)
+                if isinstance(exc, KeyboardInterrupt | SystemExit):
+                    raise
+                continue
+            del running[job_id]
+            if replacement is not None:
+                self.on_replacement(job, replacement)
+                continue
+            self.succeed(job)
+            if "job:success" in listeners:
+                self.emit("job:success", {"job": job, "worker_id": self.worker_id})
+            if "job:complete" in listeners:
+                self.emit("job:complete", {"job": job, "error": None})

@@ -1,0 +1,324 @@
+"""Fetch connections and leases: batches whose rows stay locked by their fetch transaction.
+
+Why leases: claiming a job the classic way (graphile-worker's) is an UPDATE
+(attempts + 1, locked_by, locked_at), a new row version with new index
+entries, followed by the DELETE that completes it: two writes per job, most
+of PostgreSQL's work per job. A lease instead opens a transaction, locks a
+batch of jobs with ``FOR UPDATE SKIP LOCKED`` and keeps it open while they
+run; every fetcher (kongtask or graphile-worker) skips locked rows, so nobody
+else can take them. When the batch is done one statement deletes the
+successes, records the failures, and claims (the classic way) whatever is
+still running at the lease's deadline; then the transaction commits. A
+worker that dies loses its connection, and PostgreSQL hands the jobs to the
+next fetcher at once, without waiting for heartbeats.
+
+The fetch connections are held for the pool's whole life (no pool reset per
+fetch) and decode ``timestamptz`` as PostgreSQL's microseconds, which the
+job objects turn into datetimes only when read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import operator
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import asyncpg
+
+from ._core import dispatch
+from .queries import Queries
+
+Lease = dispatch.Lease
+
+_DB_ERRORS = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    ConnectionError,
+)
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
+
+
+def _encode_timestamptz(value: datetime) -> tuple[int]:
+    """datetime -> PostgreSQL microseconds (only used if a statement sends one)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    delta = value - _PG_EPOCH
+    return ((delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds,)
+
+
+class FetchConnection:
+    """One pool connection kept by the fetcher, set up once for fetching.
+
+    ``conn`` is the live asyncpg connection or None; a lease keeps a reference
+    to the very connection its transaction lives on, because a replacement
+    connection would run the settle statement outside that transaction.
+    """
+
+    __slots__ = ("_pool", "_setup", "conn", "lock")
+
+    def __init__(self, pool: asyncpg.Pool, setup: Callable[[Any], Any]) -> None:
+        self._pool = pool
+        self._setup = setup
+        self.conn: Any = None
+        # Held by whoever runs statements on it: a lease may settle (its jobs
+        # all done) while its fetch still reads the next run_at on it.
+        self.lock = asyncio.Lock()
+
+    async def get(self) -> Any:
+        """The connection, acquiring and setting up a fresh one if there is none."""
+        conn = self.conn
+        if conn is not None and not _closed(conn):
+            return conn
+        if conn is not None:
+            await self.discard()
+        conn = await self._pool.acquire()
+        try:
+            await self._setup(conn)
+        except BaseException:
+            await _give_back(self._pool, conn, terminate=True)
+            raise
+        self.conn = conn
+        return conn
+
+    async def discard(self) -> None:
+        """Drop the connection after an error: it may be mid-transaction or dead."""
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            await _give_back(self._pool, conn, terminate=True)
+
+    async def release(self) -> None:
+        """Give the connection back to the pool as it was lent (at shutdown)."""
+        conn, self.conn = self.conn, None
+        if conn is None:
+            return
+        try:
+            await conn.reset_type_codec("timestamptz", schema="pg_catalog")
+        except _DB_ERRORS:
+            await _give_back(self._pool, conn, terminate=True)
+            return
+        await _give_back(self._pool, conn, terminate=False)
+
+
+def _closed(conn: Any) -> bool:
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:  # a pool proxy whose connection asyncpg took back
+        return True
+
+
+async def _give_back(pool: asyncpg.Pool, conn: Any, *, terminate: bool) -> None:
+    try:
+        if terminate:
+            conn.terminate()
+        await pool.release(conn)
+    except Exception:  # a broken connection must not break the caller
+        pass
+
+
+class LeaseKeeper:
+    """Lends fetch connections, and settles the leases that keep some of them.
+
+    At most ``max_connections`` fetch connections exist; a connection that
+    carries an open lease is unavailable until the lease settles, which is
+    what bounds how many leases a pool has open (a fetch waits otherwise).
+    """
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        queries: Queries,
+        worker_id: str,
+        *,
+        lease_time: float,
+        max_connections: int,
+        completer: Any,
+        on_settled: Callable[[], None],
+        log: logging.Logger,
+        session_settings: bool,
+    ) -> None:
+        self._pool = pool
+        self._q = queries
+        self._worker_id = worker_id
+        self.lease_time = lease_time
+        self._max = max_connections
+        self._completer = completer
+        self._on_settled = on_settled
+        self.log = log
+        self._session_settings = session_settings
+        self._free: list[FetchConnection] = []
+        self._all: list[FetchConnection] = []
+        self._available = asyncio.Event()
+        self.open: set[Any] = set()
+        self._settling: set[asyncio.Task[None]] = set()
+        self._loop = asyncio.get_running_loop()
+        self.settled = 0  # leases settled so far (run_once compares it)
+
+    async def _setup(self, conn: Any) -> None:
+        await conn.set_type_codec(
+            "timestamptz",
+            schema="pg_catalog",
+            encoder=_encode_timestamptz,
+            decoder=operator.itemgetter(0),
+            format="tuple",
+        )
+        if self._session_settings and self.lease_time > 0:
+            # A safety net for a worker whose event loop stalls (a sync handler
+            # run on it, say): PostgreSQL ends the lease and frees its jobs.
+            await conn.execute(
+                "select set_config('idle_in_transaction_session_timeout', $1, false)",
+                f"{int(max(60.0, 20 * self.lease_time) * 1000)}ms",
+            )
+
+    # ----------------------------------------------------------- connections
+    async def connection(self) -> FetchConnection:
+        """A free fetch connection; waits while all of them carry open leases."""
+        while True:
+            if self._free:
+                return self._free.pop()
+            if len(self._all) < self._max:
+                held = FetchConnection(self._pool, self._setup)
+                self._all.append(held)
+                return held
+            self._available.clear()
+            await self._available.wait()
+
+    def give_back(self, held: FetchConnection) -> None:
+        """A fetch connection that carries no lease is free again."""
+        self._free.append(held)
+        self._available.set()
+
+    # ----------------------------------------------------------------- leases
+    def begin(self, held: FetchConnection) -> Any:
+        """A lease for the batch just locked on ``held`` (jobs are attached later)."""
+        lease = Lease([], self._finished)
+        lease.conn = (held, held.conn)
+        self.open.add(lease)
+        return lease
+
+    def abandon(self, lease: Any) -> None:
+        """The lease's fetch locked nothing (or failed before any job came)."""
+        lease.open = False
+        self.open.discard(lease)
+
+    def arm(self, lease: Any, jobs: list[Any]) -> None:
+        """Give the lease its jobs and its deadline."""
+        lease.jobs = jobs
+        lease.unfinished = len(jobs)
+        lease.timer = self._loop.call_later(self.lease_time, self._deadline, lease)
+
+    def _finished(self, lease: Any) -> None:
+        self._start_settle(lease)
+
+    def _deadline(self, lease: Any) -> None:
+        lease.timer = None
+        if lease.open:
+            self._start_settle(lease)
+
+    def _start_settle(self, lease: Any) -> None:
+        lease.open = False  # outcomes from now on go to the completer
+        if lease.timer is not None:
+            lease.timer.cancel()
+            lease.timer = None
+        task = self._loop.create_task(self._settle(lease))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _settle(self, lease: Any) -> None:
+        held, conn = lease.conn
+        async with held.lock:
+            await self._settle_on(lease, held, conn)
+
+    async def _settle_on(self, lease: Any, held: FetchConnection, conn: Any) -> None:
+        done = lease.done
+        failed = lease.failed
+        unfinished = lease.unfinished_ids() if lease.unfinished else []
+        try:
+            if conn is None or held.conn is not conn or _closed(conn):
+                raise ConnectionError("the lease's connection was lost")
+            if done or failed or unfinished:
+                await conn.execute(
+                    self._q.settle_lease,
+                    done,
+                    [entry[0] for entry in failed],
+                    [entry[1] for entry in failed],
+                    [entry[2] for entry in failed],
+                    unfinished,
+                    self._worker_id,
+                )
+            await conn.execute("commit")
+        except _DB_ERRORS as exc:
+            await held.discard()
+            self._lost(lease, exc, done, failed, unfinished)
+            self.give_back(held)
+        except BaseException:
+            await held.discard()
+            self.give_back(held)
+            raise
+        else:
+            self.give_back(held)
+        finally:
+            self.open.discard(lease)
+            self.settled += 1
+            self._on_settled()
+
+    def _lost(
+        self,
+        lease: Any,
+        exc: BaseException,
+        done: list[int],
+        failed: list[tuple[int, str, str | None]],
+        unfinished: list[int],
+    ) -> None:
+        """The lease's transaction is gone (rolled back, or committed unseen).
+
+        Its jobs are free again. Successes are written again the ordinary way
+        (deleting a deleted job does nothing), so they do not run twice when
+        the rollback happened; recorded failures are dropped (the job runs
+        again, its attempt not counted), and jobs still running may be taken
+        by another worker meanwhile: at-least-once, never lost.
+        """
+        for job_id in done:
+            self._completer.complete(job_id)
+        self.log.warning(
+            "a lease of %d job(s) ended with its connection (%s): %d success(es) written "
+            "again, %d failure(s) and %d running job(s) may run again",
+            len(lease.jobs),
+            exc,
+            len(done),
+            len(failed),
+            len(unfinished),
+        )
+
+    async def rollback(self, held: FetchConnection) -> None:
+        """End the (empty) lease transaction opened on ``held`` and free it."""
+        conn = held.conn
+        try:
+            if conn is not None:
+                await conn.execute("rollback")
+        except _DB_ERRORS:
+            await held.discard()
+        self.give_back(held)
+
+    async def settle_all(self) -> None:
+        """Settle every open lease now (shutdown) and wait until all are written."""
+        for lease in list(self.open):
+            if lease.open:
+                self._start_settle(lease)
+        while self._settling:
+            await asyncio.gather(*list(self._settling), return_exceptions=True)
+
+    def pending(self) -> bool:
+        """Whether any lease is open or settling."""
+        return bool(self.open or self._settling)
+
+    async def close(self) -> None:
+        """Release every fetch connection (after settle_all)."""
+        for held in self._all:
+            await held.release()
+        self._all.clear()
+        self._free.clear()

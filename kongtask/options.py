@@ -1,0 +1,95 @@
+"""The tuning knobs of one worker pool, validated in one place."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .crontab import CronItem
+from .errors import ConfigError
+from .events import EventEmitter
+
+ForbiddenFlags = (
+    Iterable[str] | Callable[[], Iterable[str] | Awaitable[Iterable[str] | None] | None] | None
+)
+
+#: Default upper bound of one fetch. Big batches amortise a statement and a
+#: commit over many jobs (the drain rate is mostly decided by it); the batch
+#: actually asked for adapts to how fast jobs finish, so slow jobs are never
+#: hoarded by one pool (see fetcher.BatchSizer).
+DEFAULT_LOCAL_QUEUE_SIZE = 500
+#: Default time a fetched batch of unqueued jobs may stay locked by its fetch
+#: transaction before its unfinished jobs are claimed with a row update.
+DEFAULT_LEASE_TIME = 0.25
+
+
+@dataclass(slots=True)
+class WorkerOptions:
+    """Tuning knobs of one pool. Times are in seconds."""
+
+    concurrency: int = 10
+    schema: str | None = None
+    poll_interval: float = 2.0
+    local_queue_size: int | None = None
+    lease_time: float = DEFAULT_LEASE_TIME
+    complete_batch_delay: float = 0.002
+    complete_batch_size: int = 1000
+    forbidden_flags: ForbiddenFlags = None
+    prepared_statements: bool = True
+    max_pool_size: int | None = None
+    shutdown_timeout: float = 30.0
+    job_timeout: float | None = None
+    heartbeat_interval: float = 5.0
+    dead_worker_timeout: float = 30.0
+    handle_signals: bool = False
+    events: EventEmitter | None = None
+    logger: logging.Logger | None = None
+    crontab: str | Sequence[CronItem] | None = None
+    worker_id: str | None = None
+    migrate: bool = True
+    connect_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Reject nonsense early, naming the option."""
+        if self.concurrency < 1:
+            raise ConfigError(f"concurrency: must be >= 1, got {self.concurrency}")
+        if self.poll_interval <= 0:
+            raise ConfigError(f"poll_interval: must be > 0, got {self.poll_interval}")
+        if self.local_queue_size is not None and self.local_queue_size < 1:
+            raise ConfigError(f"local_queue_size: must be >= 1, got {self.local_queue_size}")
+        if not 0 <= self.lease_time <= 60:
+            raise ConfigError(f"lease_time: must be within 0..60 seconds, got {self.lease_time}")
+        if self.complete_batch_delay < 0:
+            raise ConfigError("complete_batch_delay: must be >= 0")
+        if self.shutdown_timeout < 0:
+            raise ConfigError("shutdown_timeout: must be >= 0")
+        if self.job_timeout is not None and self.job_timeout <= 0:
+            raise ConfigError(f"job_timeout: must be > 0 or None, got {self.job_timeout}")
+        if self.heartbeat_interval <= 0:
+            raise ConfigError("heartbeat_interval: must be > 0")
+        if self.dead_worker_timeout <= 2 * self.heartbeat_interval:
+            raise ConfigError(
+                "dead_worker_timeout: must exceed twice heartbeat_interval, or live pools "
+                "would be declared dead"
+            )
+
+    @property
+    def max_batch(self) -> int:
+        """The most jobs one fetch may lock."""
+        return self.local_queue_size or max(DEFAULT_LOCAL_QUEUE_SIZE, self.concurrency)
+
+    @property
+    def pool_size(self) -> int:
+        """Connections of the pool kongtask creates (when not given one)."""
+        return self.max_pool_size or max(6, min(self.concurrency, 20))
+
+
+def build_options(**kwargs: Any) -> WorkerOptions:
+    """WorkerOptions from keyword arguments, naming any unknown one."""
+    known = set(WorkerOptions.__dataclass_fields__)
+    unknown = set(kwargs) - known
+    if unknown:
+        raise ConfigError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    return WorkerOptions(**kwargs)
