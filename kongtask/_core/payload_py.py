@@ -487,6 +487,20 @@ def encode_specs(specs: Any) -> str:
                 item["run_at"] = _run_at_text(f"specs[{index}].run_at", run_at)
             except InvalidJobSpec:
                 _check_encoded(out, index)
+                # The inline checks above leave lone surrogates to the final
+                # dumps; a bad field still precedes run_at's range, as in the
+                # compiled twin.
+                _check_fields(
+                    f"specs[{index}].",
+                    identifier,
+                    queue_name,
+                    run_at,
+                    max_attempts,
+                    job_key,
+                    None,
+                    priority,
+                    flags,
+                )
                 raise
         if max_attempts is not None:
             item["max_attempts"] = max_attempts
