@@ -192,17 +192,6 @@ async def test_metrics_counts_jobs_and_reports_queue_gauges(
         await scrape(metrics.port or 0)
 
 
-def _worker_emits(event: str) -> bool:
-    """Whether the worker emits ``event`` (some events are wired by the lead later)."""
-    import kongtask.worker
-
-    return f'"{event}"' in Path(kongtask.worker.__file__).read_text()
-
-
-@pytest.mark.skipif(
-    not _worker_emits("localQueue:getJobs:complete"),
-    reason="the worker does not emit localQueue:getJobs:complete yet",
-)
 async def test_metrics_fetch_batch_histogram(database_url: str, utils: WorkerUtils) -> None:
     tasks = TaskList({"ok": _noop})
     registry = prometheus_client.CollectorRegistry()

@@ -12,9 +12,25 @@ import asyncpg
 import pytest
 
 import kongtask
+import kongtask.worker
 from kongtask import JobSpec, TaskList, WorkerUtils
 from kongtask.db import quote_ident
 from kongtask.worker import SHUTDOWN_MESSAGE
+
+
+@pytest.fixture(autouse=True, params=["leases", "claim-at-fetch"])
+def fetch_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every pool test runs with leases (the default) and with ``lease_time=0``
+    (every job claimed at fetch, graphile-worker's way), unless it sets one."""
+    if request.param == "claim-at-fetch":
+        original = kongtask.worker.build_options
+
+        def claim_at_fetch(**options: Any) -> kongtask.WorkerOptions:
+            options.setdefault("lease_time", 0)
+            return original(**options)
+
+        monkeypatch.setattr(kongtask.worker, "build_options", claim_at_fetch)
+    return str(request.param)
 
 
 async def _locked_rows(conn: asyncpg.Connection, schema: str) -> int:
@@ -201,6 +217,25 @@ async def test_batch_never_holds_two_jobs_of_one_queue(
     assert len(seen_batches) == 5
     assert all(len(batch) == 1 for batch in seen_batches)
     assert [c["i"] for c in rec.calls] == list(range(5))
+
+
+async def test_run_once_runs_every_job_of_a_named_queue(
+    database_url: str, utils: WorkerUtils, conn: asyncpg.Connection
+) -> None:
+    """A queue's next job becomes runnable only once this very run unlocks the
+    queue; run_once must keep going until nothing is runnable."""
+    queued = await utils.add_jobs([JobSpec("r", {"i": i}, queue_name="q") for i in range(50)])
+    await utils.add_jobs([JobSpec("r", {"i": 100 + i}) for i in range(50)])
+    rec = Recorder()
+
+    async def record(payload: Any, helpers: kongtask.Helpers) -> None:
+        rec.record((helpers.job.queue_name, helpers.job.id))
+
+    assert await kongtask.run_once(database_url, {"r": record}, schema=utils.schema) == 0
+    assert len(rec.calls) == 100
+    assert [job_id for queue, job_id in rec.calls if queue == "q"] == [j.id for j in queued]
+    s = quote_ident(utils.schema)
+    assert await conn.fetchval(f"select count(*) from {s}._private_jobs") == 0
 
 
 async def test_forbidden_flags_list_and_callable(database_url: str, utils: WorkerUtils) -> None:

@@ -24,6 +24,7 @@ _TWINS = _core.twins()
 class Twin:
     name: str
     decode: ModuleType
+    dispatch: ModuleType
     payload: ModuleType
     schedule: ModuleType
 
@@ -41,7 +42,9 @@ def _load(name: str) -> Twin:
             pytest.skip(message + " (KONGTASK_NO_EXTENSIONS is set)")
         pytest.fail(message)
     modules = _TWINS[name]
-    return Twin(name, modules["decode"], modules["payload"], modules["schedule"])
+    return Twin(
+        name, modules["decode"], modules["dispatch"], modules["payload"], modules["schedule"]
+    )
 
 
 @pytest.fixture(scope="session", params=["python", "cython"])

@@ -1,0 +1,271 @@
+"""Leases against a real database: plain jobs stay locked by their fetch transaction.
+
+What must hold: while leased, a job is invisible to every other fetcher yet
+unclaimed (nothing written); success deletes it, failure records attempt,
+message and backoff; a job still running at the deadline is claimed the
+classic way; a crash frees leased jobs at once; keyed and queued jobs are
+never leased; and with ``lease_time=0`` everything is claimed at fetch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import operator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+import kongtask
+from kongtask import JobSpec, WorkerUtils
+from kongtask._core import twins
+from kongtask.db import quote_ident
+
+from .conftest import spawn_kongtask
+from .test_worker import Recorder, _jobs, _locked_rows
+
+
+async def _count(conn: asyncpg.Connection, schema: str) -> int:
+    return await conn.fetchval(f"select count(*) from {quote_ident(schema)}._private_jobs")
+
+
+async def _visible_to_a_skip_locked_fetch(conn: asyncpg.Connection, schema: str) -> list[int]:
+    """What graphile-worker's fetch (and any other) could take right now."""
+    async with conn.transaction():
+        rows = await conn.fetch(
+            f"select id from {quote_ident(schema)}._private_jobs "
+            "where is_available = true for update skip locked"
+        )
+    return [row["id"] for row in rows]
+
+
+async def test_leased_job_is_locked_but_unclaimed_then_deleted(
+    database_url: str, utils: WorkerUtils, conn: asyncpg.Connection
+) -> None:
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hold(payload: Any, helpers: kongtask.Helpers) -> None:
+        assert helpers.job.attempts == 1 and helpers.job.locked_by == helpers.worker_id
+        started.set()
+        await release.wait()
+
+    job = await utils.add_job("hold", {"n": 1})
+    runner = await kongtask.run(database_url, {"hold": hold}, schema=utils.schema, lease_time=30)
+    try:
+        await asyncio.wait_for(started.wait(), 20)
+        [row] = await _jobs(conn, utils.schema)
+        assert (row["attempts"], row["locked_by"]) == (0, None)  # nothing written yet
+        assert await _visible_to_a_skip_locked_fetch(conn, utils.schema) == []
+        release.set()
+        while await conn.fetchval(
+            f"select count(*) from {quote_ident(utils.schema)}._private_jobs where id = $1",
+            job.id,
+        ):
+            await asyncio.sleep(0.01)  # the lease settles right after its last job
+    finally:
+        await runner.stop()
+    assert await _locked_rows(conn, utils.schema) == 0
+
+
+async def test_failure_in_a_lease_counts_the_attempt_and_backs_off(
+    database_url: str, utils: WorkerUtils, conn: asyncpg.Connection
+) -> None:
+    rec = Recorder()
+
+    async def boom(payload: Any, helpers: kongtask.Helpers) -> None:
+        rec.record(helpers.job.attempts)
+        raise RuntimeError("nope")
+
+    await utils.add_jobs([JobSpec("boom", {"i": i}) for i in range(3)])
+    before = await conn.fetchval("select now()")
+    await kongtask.run_once(database_url, {"boom": boom}, schema=utils.schema)
+    after = await conn.fetchval("select now()")
+    rows = await _jobs(conn, utils.schema)
+    assert rec.calls == [1, 1, 1]
+    for row in rows:
+        assert (row["attempts"], row["locked_by"]) == (1, None)
+        assert row["last_error"].startswith("RuntimeError: nope")
+        delay = math.exp(1)
+        assert before.timestamp() + delay - 1 <= row["run_at"].timestamp()
+        assert row["run_at"].timestamp() <= after.timestamp() + delay + 1
+
+
+async def test_job_running_past_the_deadline_is_claimed(
+    database_url: str, utils: WorkerUtils, conn: asyncpg.Connection
+) -> None:
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hold(payload: Any, helpers: kongtask.Helpers) -> None:
+        started.set()
+        await release.wait()
+
+    await utils.add_jobs([JobSpec("hold", {"i": i}) for i in range(2)])
+    runner = await kongtask.run(
+        database_url, {"hold": hold}, schema=utils.schema, lease_time=0.05, concurrency=2
+    )
+    try:
+        await asyncio.wait_for(started.wait(), 20)
+        while not all(r["locked_by"] == runner.worker_id for r in await _jobs(conn, utils.schema)):
+            await asyncio.sleep(0.01)  # the deadline fires 50 ms after the fetch
+        rows = await _jobs(conn, utils.schema)
+        assert [r["attempts"] for r in rows] == [1, 1]
+        release.set()
+        while await _count(conn, utils.schema):
+            await asyncio.sleep(0.01)
+    finally:
+        await runner.stop()
+    assert await _locked_rows(conn, utils.schema) == 0
+
+
+async def test_keyed_and_queued_jobs_are_claimed_at_fetch(
+    database_url: str, utils: WorkerUtils, conn: asyncpg.Connection
+) -> None:
+    started = Recorder()
+    release = asyncio.Event()
+
+    async def hold(payload: Any, helpers: kongtask.Helpers) -> None:
+        started.record(payload["kind"])
+        await release.wait()
+
+    await utils.add_job("hold", {"kind": "keyed"}, job_key="k")
+    await utils.add_job("hold", {"kind": "queued"}, queue_name="q")
+    await utils.add_job("hold", {"kind": "plain"})
+    runner = await kongtask.run(database_url, {"hold": hold}, schema=utils.schema, lease_time=30)
+    try:
+        await started.wait_for(3)
+        rows = {
+            row["kind"]: row
+            for row in await conn.fetch(
+                f"select payload->>'kind' as kind, locked_by, attempts "
+                f"from {quote_ident(utils.schema)}._private_jobs"
+            )
+        }
+        assert (rows["keyed"]["locked_by"], rows["keyed"]["attempts"]) == (runner.worker_id, 1)
+        assert (rows["queued"]["locked_by"], rows["queued"]["attempts"]) == (runner.worker_id, 1)
+        assert (rows["plain"]["locked_by"], rows["plain"]["attempts"]) == (None, 0)
+        release.set()
+    finally:
+        await runner.stop()
+    assert await _count(conn, utils.schema) == 0
+
+
+async def test_lease_time_zero_claims_everything_at_fetch(
+    database_url: str, utils: WorkerUtils, conn: asyncpg.Connection
+) -> None:
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hold(payload: Any, helpers: kongtask.Helpers) -> None:
+        started.set()
+        await release.wait()
+
+    await utils.add_job("hold", {})
+    runner = await kongtask.run(database_url, {"hold": hold}, schema=utils.schema, lease_time=0)
+    try:
+        await asyncio.wait_for(started.wait(), 20)
+        [row] = await _jobs(conn, utils.schema)
+        assert (row["attempts"], row["locked_by"]) == (1, runner.worker_id)
+        release.set()
+    finally:
+        await runner.stop()
+    assert await _count(conn, utils.schema) == 0
+
+
+CRASHING_TASKS = """
+import asyncio
+from kongtask import TaskList
+
+tasks = TaskList()
+
+@tasks.task("hang")
+async def hang(payload, helpers):
+    print("STARTED", helpers.job.id, flush=True)
+    await asyncio.sleep(3600)
+"""
+
+
+async def test_sigkilled_worker_frees_its_leased_jobs_at_once(
+    database_url: str, utils: WorkerUtils, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    (tmp_path / "crashing_tasks.py").write_text(CRASHING_TASKS)
+    job = await utils.add_job("hang", {})
+    proc = await spawn_kongtask(
+        "run", "-c", database_url, "-s", utils.schema, "--tasks",
+        str(tmp_path / "crashing_tasks.py"), "--lease-time", "60000",
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 30)
+    assert line.split() == [b"STARTED", str(job.id).encode()]
+    assert await _visible_to_a_skip_locked_fetch(conn, utils.schema) == []
+    proc.kill()
+    await proc.wait()
+    # The server notices the closed connection and rolls the lease back: the job
+    # is free for the next fetcher without heartbeats or the 4-hour sweep.
+    deadline = asyncio.get_running_loop().time() + 10
+    while await _visible_to_a_skip_locked_fetch(conn, utils.schema) != [job.id]:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.02)
+    [row] = await _jobs(conn, utils.schema)
+    assert (row["attempts"], row["locked_by"], row["last_error"]) == (0, None, None)
+
+
+async def test_lost_lease_connection_loses_no_job(
+    database_url: str, utils: WorkerUtils, conn: asyncpg.Connection
+) -> None:
+    """Kill the backends of leases mid-batch: the jobs come back and all run."""
+    n = 400
+    seen: list[int] = []
+    first_batch = asyncio.Event()
+    release = asyncio.Event()
+
+    async def handler(payload: Any, helpers: kongtask.Helpers) -> None:
+        seen.append(payload["i"])
+        first_batch.set()
+        await release.wait()
+
+    await utils.add_jobs([JobSpec("h", {"i": i}) for i in range(n)])
+    runner = await kongtask.run(
+        database_url, {"h": handler}, schema=utils.schema, concurrency=20, lease_time=30
+    )
+    try:
+        await asyncio.wait_for(first_batch.wait(), 20)
+        killed = await conn.fetchval(
+            "select count(*) from (select pg_terminate_backend(pid) from pg_stat_activity "
+            "where datname = current_database() and state = 'idle in transaction' "
+            "and pid <> pg_backend_pid()) as t"
+        )
+        assert killed >= 1
+        release.set()
+        s = quote_ident(utils.schema)
+        deadline = asyncio.get_running_loop().time() + 60
+        while await conn.fetchval(f"select count(*) from {s}._private_jobs"):
+            assert asyncio.get_running_loop().time() < deadline, "jobs were left behind"
+            await asyncio.sleep(0.05)
+    finally:
+        await runner.stop()
+    assert set(seen) == set(range(n))  # every job ran (some twice: at-least-once)
+    assert await _locked_rows(conn, utils.schema) == 0
+
+
+async def test_lazy_timestamps_equal_asyncpg_datetimes(conn: asyncpg.Connection) -> None:
+    """The fetch connections' microseconds become exactly asyncpg's datetimes."""
+    query = (
+        "select unnest(array['2000-01-01 00:00:00+00', '1999-12-31 23:59:59.999999+00', "
+        "'2026-12-03 08:10:33.335123+01', '0001-01-01 00:00:00+00', "
+        "'9999-12-31 23:59:59.999999+00', 'infinity', '-infinity']::timestamptz[])"
+    )
+    expected = [row[0] for row in await conn.fetch(query)]
+    await conn.set_type_codec(
+        "timestamptz", schema="pg_catalog", encoder=lambda v: v,
+        decoder=operator.itemgetter(0), format="tuple",
+    )
+    try:
+        micros = [row[0] for row in await conn.fetch(query)]
+    finally:
+        await conn.reset_type_codec("timestamptz", schema="pg_catalog")
+    for modules in twins().values():
+        assert [modules["decode"].pg_timestamp(m) for m in micros] == expected
