@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -106,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--local-queue-size",
         type=_positive_int,
         metavar="N",
-        help="most jobs one fetch locks (default 500; the batch adapts to the job rate)",
+        help="most jobs one fetch locks (default 1000; the batch adapts to the job rate)",
     )
     run.add_argument(
         "--lease-time",
@@ -246,6 +247,10 @@ async def _cmd_run(args: argparse.Namespace) -> int:
         if metrics is not None:
             await metrics.stop()
         raise
+    # Everything alive now (modules, classes, the pool's wiring) lives as long
+    # as the process: keep it out of the cyclic GC's full collections, which
+    # otherwise walk it again and again while jobs churn through.
+    gc.freeze()
     log.info(
         "worker %s ready: %d task(s), concurrency %d, schema %r, %s (%s)",
         runner.worker_id,

@@ -19,6 +19,7 @@ from ._core import decode, payload
 from .config import resolve_schema
 from .db import create_pool, mask_dsn, resolve_dsn
 from .errors import InvalidJobSpec
+from .gcpause import paused_gc
 from .queries import Queries
 
 Job = decode.Job
@@ -193,10 +194,11 @@ class WorkerUtils:
             return []
         encoded = payload.encode_specs(specs)
         executor = await self._ensure()
-        if isinstance(executor, asyncpg.Pool):
-            async with executor.acquire() as conn:
-                return await self._add_jobs_on(conn, encoded, job_key_preserve_run_at)
-        return await self._add_jobs_on(executor, encoded, job_key_preserve_run_at)
+        with paused_gc(len(specs)):
+            if isinstance(executor, asyncpg.Pool):
+                async with executor.acquire() as conn:
+                    return await self._add_jobs_on(conn, encoded, job_key_preserve_run_at)
+            return await self._add_jobs_on(executor, encoded, job_key_preserve_run_at)
 
     async def _add_jobs_on(
         self, conn: asyncpg.Connection, encoded: str, preserve_run_at: bool

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import asyncpg
 
+from ._core import dispatch
 from .held import HeldConnection
 from .queries import Queries
 
@@ -128,9 +129,11 @@ class Completer:
     async def _write(self, done: list[int], failed: list[FailEntry]) -> None:
         conn = await self._conn.get()
         if done:
-            await conn.execute(self._q.complete_batch, done, self._worker_id)
+            await conn.execute(
+                self._q.complete_batch, dispatch.ids_literal(done), self._worker_id
+            )
         if failed:
-            ids = [entry[0] for entry in failed]
+            ids = dispatch.ids_literal([entry[0] for entry in failed])
             messages = [entry[1] for entry in failed]
             payloads = [entry[2] for entry in failed]
             await conn.execute(self._q.fail_batch, ids, messages, payloads, self._worker_id)

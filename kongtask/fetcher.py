@@ -23,12 +23,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 import asyncpg
 
-from ._core import decode
+from ._core import decode, dispatch
 from .events import EventEmitter
 from .leases import LeaseKeeper
 from .options import WorkerOptions
@@ -43,6 +44,15 @@ _DB_ERRORS = (
 )
 #: Concurrent fetch statements per pool.
 PIPELINES = 2
+
+
+_PG_EPOCH = 946_684_800  # 2000-01-01 UTC, PostgreSQL's epoch, in Unix seconds
+
+
+def _pg_now() -> int:
+    """This moment as PostgreSQL's timestamptz microseconds: a leased job's
+    ``locked_at`` (its row stays unclaimed, so no server clock says when)."""
+    return int((time.time() - _PG_EPOCH) * 1_000_000)
 
 
 class BatchSizer:
@@ -114,8 +124,9 @@ class Fetcher:
             for kind in ("claim_keyed_or_queued", "claim_plain", "lease_plain")
             for flags in (False, True)
         }
-        self.task_ids: list[int] = []
-        self.task_names: list[str] = []
+        self._task_ids = "{}"  # an array literal (dispatch.ids_literal)
+        self._task_names: list[str] = []
+        self._names_by_id: dict[int, str] = {}
         self.wakeup = asyncio.Event()
         self.stopping = False
         self._active = 0  # fetch cycles in flight
@@ -126,6 +137,12 @@ class Fetcher:
         self._need_reclaim = False  # a claim failed: we may hold jobs we never received
         self._run_at_timer: asyncio.TimerHandle | None = None
         self._flushes = 0  # writes finished (results or leases); run_once compares it
+
+    def set_tasks(self, task_ids: list[int], task_names: list[str]) -> None:
+        """The tasks this pool runs (ids and identifiers, in the same order)."""
+        self._task_ids = dispatch.ids_literal(task_ids)
+        self._task_names = list(task_names)
+        self._names_by_id = dict(zip(task_ids, task_names, strict=True))
 
     # --------------------------------------------------------------- wake-ups
     def nudge(self) -> None:
@@ -299,7 +316,7 @@ class Fetcher:
                     self._need_reclaim = False
                 flags = await self._forbidden_flags()
                 conn = await held.get()
-                args: list[Any] = [self._worker_id, self.task_ids, wanted, self.task_names]
+                args: list[Any] = [self._worker_id, self._task_ids, wanted, self._task_names]
                 if flags:
                     args.append(flags)
                 with_flags = bool(flags)
@@ -322,9 +339,15 @@ class Fetcher:
                         await conn.execute("begin")
                         lease = keeper.begin(held)
                         owned_by_lease = True
-                        rows = await conn.fetch(self._sql["lease_plain", with_flags], *args)
+                        lease_args: list[Any] = [self._task_ids, rest]
+                        if flags:
+                            lease_args.append(flags)
+                        locked_at = _pg_now()
+                        rows = await conn.fetch(self._sql["lease_plain", with_flags], *lease_args)
                         if rows:
-                            jobs = decode.decode_jobs(rows, lease)
+                            jobs = decode.decode_leased(
+                                rows, lease, self._names_by_id, self._worker_id, locked_at
+                            )
                             keeper.arm(lease, jobs)
                             armed = True
                             got += len(jobs)
@@ -348,7 +371,7 @@ class Fetcher:
                 if got < wanted and (self._changed or not got):
                     # After the jobs are handed out: this round trip would add
                     # its latency to theirs.
-                    next_due = await conn.fetchval(self._q.next_run_at, self.task_ids)
+                    next_due = await conn.fetchval(self._q.next_run_at, self._task_ids)
         except BaseException:
             if claiming:
                 self._need_reclaim = True
@@ -389,4 +412,6 @@ class Fetcher:
             *(job.id for job in dispatcher.local),
             *self._completer.pending_ids(),
         ]
-        await self._pool.execute(self._q.return_orphans, self._worker_id, held)
+        await self._pool.execute(
+            self._q.return_orphans, self._worker_id, dispatch.ids_literal(held)
+        )

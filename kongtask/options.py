@@ -19,7 +19,7 @@ ForbiddenFlags = (
 #: commit over many jobs (the drain rate is mostly decided by it); the batch
 #: actually asked for adapts to how fast jobs finish, so slow jobs are never
 #: hoarded by one pool (see fetcher.BatchSizer).
-DEFAULT_LOCAL_QUEUE_SIZE = 500
+DEFAULT_LOCAL_QUEUE_SIZE = 1000
 #: Default time a fetched batch of unqueued jobs may stay locked by its fetch
 #: transaction before its unfinished jobs are claimed with a row update.
 DEFAULT_LEASE_TIME = 0.25

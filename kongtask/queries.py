@@ -206,10 +206,12 @@ on conflict do nothing"""
 )"""
 
     @staticmethod
-    def _flags_filter(with_flags: bool) -> str:
-        return "and (jobs.flags ?| $5::text[]) is not true" if with_flags else ""
+    def _flags_filter(with_flags: bool, param: int) -> str:
+        return f"and (jobs.flags ?| ${param}::text[]) is not true" if with_flags else ""
 
-    def _plain_candidates(self, with_flags: bool, columns: str) -> str:
+    def _plain_candidates(
+        self, with_flags: bool, columns: str, tasks: int, limit: int, flags: int
+    ) -> str:
         return f"""
 select {columns}
 from {self.s}._private_jobs as jobs
@@ -218,10 +220,10 @@ where jobs.is_available = true
   and jobs.priority = any(array(select p.priority from priorities as p
                                 where p.priority is not null))
   and jobs.run_at <= now()
-  and jobs.task_id = any($2::int[])
-  {self._flags_filter(with_flags)}
+  and jobs.task_id = any(${tasks}::text::int[])
+  {self._flags_filter(with_flags, flags)}
 order by jobs.priority, jobs.run_at
-limit $3::int
+limit ${limit}::int
 for update of jobs skip locked"""
 
     def lease_plain(self, *, with_flags: bool) -> str:
@@ -235,30 +237,32 @@ for update of jobs skip locked"""
         recorded and anything still running is claimed the classic way, all in
         that transaction. A crash rolls it back, which frees the jobs at once.
 
-        $1 worker id, $2 task ids, $3 batch size, $4 task identifiers (parallel
-        to $2), $5 forbidden flags. Rows come back in JOB_COLUMNS order showing
-        the job as it will be once claimed (this attempt counted, locked by $1).
+        $1 task ids (an array literal, see ``_core.dispatch.ids_literal``), $2
+        batch size, $3 forbidden flags. Rows come in ``decode.LEASED_COLUMNS``
+        order, with this attempt counted: only what differs from job to job
+        (no queue, no key; the worker fills in task names, itself and the time).
         """
-        columns = """jobs.id, null::text, ($4::text[])[array_position($2::int[], jobs.task_id)],
-  jobs.payload, jobs.priority, jobs.run_at, jobs.attempts + 1, jobs.max_attempts,
-  jobs.last_error, jobs.created_at, jobs.updated_at, null::text, now(), $1::text,
+        columns = """jobs.id, jobs.task_id, jobs.payload, jobs.priority, jobs.run_at,
+  jobs.attempts + 1, jobs.max_attempts, jobs.last_error, jobs.created_at, jobs.updated_at,
   jobs.revision, jobs.flags"""
         return (
             f"with recursive {self._due_priorities(self._PLAIN_KIND)}"
-            + self._plain_candidates(with_flags, columns)
+            + self._plain_candidates(with_flags, columns, tasks=1, limit=2, flags=3)
         )
 
     def claim_plain(self, *, with_flags: bool) -> str:
         """Claim up to $3 due plain jobs the way graphile-worker does: attempts + 1,
         ``locked_by``, ``locked_at``, committed at once.
 
-        Used when leases are off (``lease_time=0``). Parameters as
-        :meth:`lease_plain`.
+        Used when leases are off (``lease_time=0``). $1 worker id, $2 task ids
+        (an array literal), $3 batch size, $4 task identifiers (parallel to $2),
+        $5 forbidden flags; rows in JOB_COLUMNS order.
         """
         s = self.s
+        candidates = self._plain_candidates(with_flags, "jobs.id", tasks=2, limit=3, flags=5)
         return f"""
 with recursive {self._due_priorities(self._PLAIN_KIND)},
-candidates as ({self._plain_candidates(with_flags, "jobs.id")}
+candidates as ({candidates}
 ),
 j as (
   update {s}._private_jobs as jobs
@@ -268,7 +272,7 @@ j as (
   returning jobs.*
 )
 select
-  j.id, null::text, ($4::text[])[array_position($2::int[], j.task_id)],
+  j.id, null::text, ($4::text[])[array_position($2::text::int[], j.task_id)],
   j.payload, j.priority, j.run_at, j.attempts, j.max_attempts, j.last_error,
   j.created_at, j.updated_at, j.key, j.locked_at, j.locked_by, j.revision, j.flags
 from j
@@ -283,7 +287,7 @@ order by j.priority, j.run_at, j.id"""
         order they were added. Of each named queue only the first candidate is
         kept, so a batch never holds two jobs of one queue (graphile-worker's
         batch fetch can); the other candidates were only row-locked for this
-        statement and stay untouched. Parameters as :meth:`lease_plain`.
+        statement and stay untouched. Parameters as :meth:`claim_plain`.
         """
         s = self.s
         return f"""
@@ -296,7 +300,7 @@ candidates as (
     and jobs.priority = any(array(select p.priority from priorities as p
                                   where p.priority is not null))
     and jobs.run_at <= now()
-    and jobs.task_id = any($2::int[])
+    and jobs.task_id = any($2::text::int[])
     and (
       jobs.job_queue_id is null
       or jobs.job_queue_id in (
@@ -305,7 +309,7 @@ candidates as (
         for update skip locked
       )
     )
-    {self._flags_filter(with_flags)}
+    {self._flags_filter(with_flags, 5)}
   order by jobs.priority, jobs.run_at, jobs.id
   limit $3::int
   for update skip locked
@@ -336,7 +340,7 @@ j as (
 select
   j.id,
   (select q.queue_name from {s}._private_job_queues as q where q.id = j.job_queue_id),
-  ($4::text[])[array_position($2::int[], j.task_id)],
+  ($4::text[])[array_position($2::text::int[], j.task_id)],
   j.payload, j.priority, j.run_at, j.attempts, j.max_attempts, j.last_error,
   j.created_at, j.updated_at, j.key, j.locked_at, j.locked_by, j.revision, j.flags
 from j
@@ -348,7 +352,8 @@ order by j.priority, j.run_at, j.id"""
 
         $1 ids that succeeded (deleted), $2/$3/$4 ids, messages and replacement
         payloads (JSON text or null) of failures, $5 ids still unfinished, $6
-        worker id. The rows are row-locked by this transaction and were never
+        worker id; id lists are array literals (``_core.dispatch.ids_literal``).
+        The rows are row-locked by this transaction and were never
         claimed, so no ``locked_by`` checks are needed: a failure counts its
         attempt here (the classic claim counted it at fetch) and backs off per
         the contract; unfinished jobs are claimed the classic way, after which
@@ -358,10 +363,10 @@ order by j.priority, j.run_at, j.id"""
         return f"""
 with done as (
   delete from {s}._private_jobs as jobs
-  where jobs.id = any($1::bigint[])
+  where jobs.id = any($1::text::bigint[])
 ),
 f as (
-  select * from unnest($2::bigint[], $3::text[], $4::text[]) as f(id, message, payload)
+  select * from unnest($2::text::bigint[], $3::text[], $4::text[]) as f(id, message, payload)
 ),
 failed as (
   update {s}._private_jobs as jobs
@@ -378,17 +383,17 @@ failed as (
 claimed as (
   update {s}._private_jobs as jobs
   set attempts = jobs.attempts + 1, locked_by = $6::text, locked_at = now()
-  where jobs.id = any($5::bigint[])
+  where jobs.id = any($5::text::bigint[])
 )
 select 1"""
 
     @cached_property
     def complete_batch(self) -> str:
-        """Delete finished jobs and free their queues, in one statement."""
+        """Delete finished jobs ($1, an array literal) and free their queues."""
         return f"""
 with j as (
   delete from {self.s}._private_jobs as jobs
-  where jobs.id = any($1::bigint[])
+  where jobs.id = any($1::text::bigint[])
   returning jobs.job_queue_id
 )
 update {self.s}._private_job_queues as job_queues
@@ -400,7 +405,7 @@ where job_queues.id = j.job_queue_id and job_queues.locked_by = $2::text"""
     def fail_batch(self) -> str:
         """Record failures with per-job messages and the contract's backoff.
 
-        $1 ids, $2 messages, $3 replacement payloads (JSON text or null, for
+        $1 ids (an array literal), $2 messages, $3 replacement payloads (JSON text or null, for
         batch jobs that keep only their failed entries), $4 worker id. Only
         jobs this worker still holds are touched; returns id, attempts and
         max_attempts so the caller knows which failures were final.
@@ -408,7 +413,7 @@ where job_queues.id = j.job_queue_id and job_queues.locked_by = $2::text"""
         s = self.s
         return f"""
 with f as (
-  select * from unnest($1::bigint[], $2::text[], $3::text[]) as f(id, message, payload)
+  select * from unnest($1::text::bigint[], $2::text[], $3::text[]) as f(id, message, payload)
 ),
 j as (
   update {s}._private_jobs as jobs
@@ -439,7 +444,7 @@ select id, attempts, max_attempts from j"""
 with j as (
   update {s}._private_jobs as jobs
   set attempts = greatest(jobs.attempts - 1, 0), locked_by = null, locked_at = null
-  where jobs.id = any($1::bigint[]) and jobs.locked_by = $2::text
+  where jobs.id = any($1::text::bigint[]) and jobs.locked_by = $2::text
   returning jobs.job_queue_id
 )
 update {s}._private_job_queues as job_queues
@@ -459,7 +464,7 @@ where job_queues.id = j.job_queue_id and job_queues.locked_by = $2::text"""
 with j as (
   update {s}._private_jobs as jobs
   set attempts = greatest(jobs.attempts - 1, 0), locked_by = null, locked_at = null
-  where jobs.locked_by = $1::text and not (jobs.id = any($2::bigint[]))
+  where jobs.locked_by = $1::text and not (jobs.id = any($2::text::bigint[]))
   returning jobs.job_queue_id
 )
 update {s}._private_job_queues as job_queues
@@ -572,6 +577,6 @@ from priorities as p
 cross join lateral (
   select jobs.run_at from {s}._private_jobs as jobs
   where jobs.is_available = true and jobs.priority = p.priority
-    and jobs.run_at > now() and jobs.task_id = any($1::int[])
+    and jobs.run_at > now() and jobs.task_id = any($1::text::int[])
   order by jobs.run_at limit 1
 ) as soonest"""

@@ -295,8 +295,7 @@ class Runner:
             once=self._once,
             on_drained=self._on_drained,
         )
-        self._fetcher.task_ids = task_ids
-        self._fetcher.task_names = task_names
+        self._fetcher.set_tasks(task_ids, task_names)
 
     def _background_done(self, task: asyncio.Task[Any]) -> None:
         """A background loop must only end by cancellation; anything else is a bug
@@ -440,7 +439,7 @@ class Runner:
             if self._pool is not None:
                 # Nothing runs and every result is written: whatever this worker
                 # id still holds was never started, so its attempt is undone.
-                await self._pool.execute(self.queries.return_orphans, self.worker_id, [])
+                await self._pool.execute(self.queries.return_orphans, self.worker_id, "{}")
                 await self._pool.execute(self.queries.force_unlock_workers, [self.worker_id])
                 if self._heartbeats:
                     await self._pool.execute(self.queries.forget_worker, self.worker_id)
@@ -484,7 +483,9 @@ class Runner:
         if claimed and self._pool is not None:
             ids = [job.id for job in claimed]
             try:
-                await self._pool.execute(self.queries.return_jobs, ids, self.worker_id)
+                await self._pool.execute(
+                    self.queries.return_jobs, dispatch.ids_literal(ids), self.worker_id
+                )
             except _DB_ERRORS as exc:
                 self.log.error("could not return %d unstarted job(s): %s", len(ids), exc)
                 return

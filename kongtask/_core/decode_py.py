@@ -36,7 +36,16 @@ from typing import Any
 
 import orjson
 
-__all__ = ["JOB_COLUMNS", "Job", "decode_job", "decode_jobs", "loads_payload", "pg_timestamp"]
+__all__ = [
+    "JOB_COLUMNS",
+    "LEASED_COLUMNS",
+    "Job",
+    "decode_job",
+    "decode_jobs",
+    "decode_leased",
+    "loads_payload",
+    "pg_timestamp",
+]
 
 JOB_COLUMNS: tuple[str, ...] = (
     "id",
@@ -326,6 +335,30 @@ class Job:
         return dict(zip((*JOB_COLUMNS, "payload_error"), self._astuple(), strict=True))
 
 
+def _parse(payload: Any, flags: Any) -> tuple[Any, list[str] | None, str | None]:
+    """A row's raw payload and flags -> (payload, flags, error).
+
+    The common case (payload text orjson accepts, flags text or None) costs one
+    ``orjson.loads``; anything unusual goes through :func:`loads_payload`.
+    """
+    error = None
+    if type(payload) is str and (
+        len(payload) < 19
+        or _LONG_RUN not in payload.encode("utf-8", "surrogatepass").translate(_DIGIT_MAP)
+    ):
+        try:
+            payload = _orjson_loads(payload)
+        except _JSONDecodeError:
+            payload, error = _stdlib_loads(payload)
+    elif payload is not None:
+        payload, error = loads_payload(payload)
+    if flags is not None:
+        flags, flags_error = _flags_list(flags)
+        if error is None:
+            error = flags_error
+    return payload, flags, error
+
+
 def _bad_row(index: int, row: Any) -> ValueError:
     try:
         size: object = len(row)
@@ -338,18 +371,9 @@ def _bad_row(index: int, row: Any) -> ValueError:
 
 def decode_jobs(rows: Any, lease: Any = None) -> list[Job]:
     """Decodes a fetched batch (rows in ``JOB_COLUMNS`` order) in one pass; every
-    job gets ``lease`` (the Lease holding their rows, or None).
-
-    Inlines the common case (payload text orjson accepts, flags text or None) to
-    keep per-row cost to one tuple unpack, one ``orjson.loads`` and one ``Job``
-    call; anything unusual goes through :func:`loads_payload`.
-    """
+    job gets ``lease`` (the Lease holding their rows, or None)."""
     out: list[Job] = []
     append = out.append
-    loads = _orjson_loads
-    decode_error = _JSONDecodeError
-    digit_map = _DIGIT_MAP
-    long_run = _LONG_RUN
     for index, row in enumerate(rows):
         try:
             (
@@ -372,21 +396,7 @@ def decode_jobs(rows: Any, lease: Any = None) -> list[Job]:
             ) = row
         except (TypeError, ValueError):
             raise _bad_row(index, row) from None
-        error = None
-        if type(payload) is str and (
-            len(payload) < 19
-            or long_run not in payload.encode("utf-8", "surrogatepass").translate(digit_map)
-        ):
-            try:
-                payload = loads(payload)
-            except decode_error:
-                payload, error = _stdlib_loads(payload)
-        elif payload is not None:
-            payload, error = loads_payload(payload)
-        if flags is not None:
-            flags, flags_error = _flags_list(flags)
-            if error is None:
-                error = flags_error
+        payload, flags, error = _parse(payload, flags)
         job = Job(
             id_,
             queue_name,
@@ -400,6 +410,83 @@ def decode_jobs(rows: Any, lease: Any = None) -> list[Job]:
             created_at,
             updated_at,
             key,
+            locked_at,
+            locked_by,
+            revision,
+            flags,
+            error,
+        )
+        job.lease = lease
+        append(job)
+    return out
+
+
+#: Columns of a leased row (queries.Queries.lease_plain): the job columns that
+#: differ from row to row. A leased job has no queue and no key, and the worker
+#: knows its task names, its own id and when it fetched the batch, so those
+#: are filled in here instead of being sent and decoded once per row.
+LEASED_COLUMNS: tuple[str, ...] = (
+    "id",
+    "task_id",
+    "payload",
+    "priority",
+    "run_at",
+    "attempts",
+    "max_attempts",
+    "last_error",
+    "created_at",
+    "updated_at",
+    "revision",
+    "flags",
+)
+
+
+def decode_leased(
+    rows: Any, lease: Any, task_names: dict[int, str], locked_by: str, locked_at: Any
+) -> list[Job]:
+    """Decodes a leased batch (rows in ``LEASED_COLUMNS`` order) into jobs of ``lease``.
+
+    ``task_names`` maps task ids to identifiers; every job gets ``locked_by``
+    and ``locked_at`` (what the row will say once claimed).
+    """
+    out: list[Job] = []
+    append = out.append
+    for index, row in enumerate(rows):
+        try:
+            if len(row) != 12:
+                raise ValueError
+            (
+                id_,
+                task_id,
+                payload,
+                priority,
+                run_at,
+                attempts,
+                max_attempts,
+                last_error,
+                created_at,
+                updated_at,
+                revision,
+                flags,
+            ) = row
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"row {index} is not a leased row of {len(LEASED_COLUMNS)} columns"
+            ) from None
+        payload, flags, error = _parse(payload, flags)
+        job = Job(
+            id_,
+            None,
+            task_names[task_id],
+            payload,
+            priority,
+            run_at,
+            attempts,
+            max_attempts,
+            last_error,
+            created_at,
+            updated_at,
+            None,
             locked_at,
             locked_by,
             revision,

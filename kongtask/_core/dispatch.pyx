@@ -10,9 +10,13 @@ of a deque's method calls, and the event checks are dict lookups in C.
 import asyncio
 import inspect
 
+from cpython.long cimport PyLong_AsLongLongAndOverflow
+from cpython.unicode cimport PyUnicode_DecodeASCII
+from libc.stdlib cimport free, malloc
+
 from kongtask._core.decode cimport Job
 
-__all__ = ["Dispatcher", "Lease", "TaskEntry"]
+__all__ = ["Dispatcher", "Lease", "TaskEntry", "ids_literal"]
 
 YIELD_EVERY = 16
 
@@ -20,6 +24,62 @@ cdef object _CancelledError = asyncio.CancelledError
 cdef object _isawaitable = inspect.isawaitable
 cdef tuple _REraise = (KeyboardInterrupt, SystemExit)
 cdef object _get_running_loop = asyncio.get_running_loop
+
+
+cdef Py_ssize_t _write_int(char* out, long long value) noexcept:
+    """Writes ``value`` in decimal at ``out``; returns the characters written."""
+    cdef char tmp[24]
+    cdef Py_ssize_t n = 0, i
+    cdef unsigned long long magnitude
+    if value < 0:
+        magnitude = <unsigned long long>(-(value + 1)) + 1
+    else:
+        magnitude = <unsigned long long>value
+    while True:
+        tmp[n] = <char>(48 + magnitude % 10)
+        n += 1
+        magnitude //= 10
+        if magnitude == 0:
+            break
+    i = 0
+    if value < 0:
+        out[0] = 45  # minus sign
+        i = 1
+    while n:
+        n -= 1
+        out[i] = tmp[n]
+        i += 1
+    return i
+
+
+def ids_literal(ids):
+    """The PostgreSQL array literal of job ids (``{1,2,3}``), sent as text and cast
+    to ``bigint[]`` by the statement (see the pure twin for why)."""
+    cdef list seq = ids if type(ids) is list else list(ids)
+    cdef Py_ssize_t i, n = len(seq), size = 1
+    cdef int overflow
+    cdef long long value
+    cdef object item
+    cdef char* buf = <char*>malloc(n * 21 + 2)
+    if buf == NULL:
+        raise MemoryError()
+    try:
+        buf[0] = 123  # {
+        for i in range(n):
+            item = seq[i]
+            if type(item) is not int:
+                raise TypeError(f"ids[{i}] is {type(item).__name__}, not int")
+            value = PyLong_AsLongLongAndOverflow(item, &overflow)
+            if overflow:
+                raise ValueError(f"ids[{i}] is out of bigint range")
+            if i:
+                buf[size] = 44  # ,
+                size += 1
+            size += _write_int(buf + size, value)
+        buf[size] = 125  # }
+        return PyUnicode_DecodeASCII(buf, size + 1, NULL)
+    finally:
+        free(buf)
 
 
 cdef class _YieldOnce:

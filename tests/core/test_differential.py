@@ -489,3 +489,58 @@ def test_both_fixture_yields_both_twins(both: tuple[Twin, Twin]) -> None:
     assert (pure.name, compiled.name) == ("python", "cython")
     assert pure.decode.__name__.endswith("_py")
     assert not compiled.decode.__name__.endswith("_py")
+
+
+# --- leased rows, id lists, timestamps ------------------------------------------------------
+
+leased_rows = st.tuples(
+    st.integers(1, 10**12),
+    st.sampled_from([1, 2]),
+    payload_texts(),
+    st.integers(-32768, 32767),
+    st.integers(-(2**62), 2**62) | st.datetimes(),
+    st.integers(1, 30),
+    st.integers(1, 30),
+    st.none() | st.text(max_size=10),
+    st.integers(0, 2**52),
+    st.integers(0, 2**52),
+    st.integers(0, 5),
+    flag_texts,
+)
+
+
+@SETTINGS
+@given(batch=st.lists(leased_rows | st.tuples(st.integers()), max_size=5))
+def test_decode_leased_agrees(both: tuple[Twin, Twin], batch: list[Any]) -> None:
+    names = {1: "one", 2: "two"}
+
+    def jobs(twin: Twin) -> list[dict[str, Any]]:
+        decoded = twin.decode.decode_leased(batch, None, names, "w", 10**15)
+        return [job.as_dict() for job in decoded]
+
+    pure, compiled = both
+    assert outcome(lambda: jobs(compiled)) == outcome(lambda: jobs(pure))
+
+
+id_values = st.integers(-(2**63), 2**63 - 1) | st.sampled_from(
+    [2**63, -(2**63) - 1, True, 1.0, "1", None]
+)
+
+
+@SETTINGS
+@given(ids=st.lists(id_values, max_size=8))
+def test_ids_literal_agrees(both: tuple[Twin, Twin], ids: list[Any]) -> None:
+    pure, compiled = both
+    expected = outcome(lambda: pure.dispatch.ids_literal(ids))
+    assert outcome(lambda: compiled.dispatch.ids_literal(ids)) == expected
+    if expected[0] == "ok":
+        assert expected[1] == repr("{" + ",".join(str(i) for i in ids) + "}")
+
+
+@SETTINGS
+@given(micros=st.integers(-(2**63), 2**63 - 1))
+def test_pg_timestamp_agrees(both: tuple[Twin, Twin], micros: int) -> None:
+    pure, compiled = both
+    assert outcome(lambda: compiled.decode.pg_timestamp(micros)) == outcome(
+        lambda: pure.decode.pg_timestamp(micros)
+    )

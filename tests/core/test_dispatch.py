@@ -329,3 +329,24 @@ def test_timestamps_stay_raw_until_read(twin: Twin) -> None:
     assert as_dict["run_at"] == twin.decode.pg_timestamp(0)
     assert job.run_at.isoformat() == "2000-01-01T00:00:00+00:00"
     assert job.locked_at is job.locked_at  # converted once, then kept
+
+
+def test_decode_leased_fills_in_what_the_worker_knows(twin: Twin) -> None:
+    lease = twin.dispatch.Lease([], lambda lease: None)
+    row = (5, 2, '{"a": 1}', 3, 0, 1, 25, None, 0, 0, 0, '{"f": true}')
+    [job] = twin.decode.decode_leased([row], lease, {2: "email"}, "worker-1", 1_000_000)
+    assert (job.id, job.task_identifier, job.payload, job.priority) == (5, "email", {"a": 1}, 3)
+    assert (job.queue_name, job.key, job.locked_by, job.lease) == (None, None, "worker-1", lease)
+    assert job.locked_at == twin.decode.pg_timestamp(1_000_000)
+    assert job.flags == ["f"] and job.payload_error is None
+    with pytest.raises(ValueError, match="row 0 is not a leased row of 12 columns"):
+        twin.decode.decode_leased([row[:11]], lease, {2: "email"}, "w", 0)
+
+
+def test_ids_literal(twin: Twin) -> None:
+    assert twin.dispatch.ids_literal([]) == "{}"
+    assert twin.dispatch.ids_literal([3, -1, 2**63 - 1]) == "{3,-1,9223372036854775807}"
+    with pytest.raises(TypeError, match=r"ids\[1\] is bool, not int"):
+        twin.dispatch.ids_literal([1, True])
+    with pytest.raises(ValueError, match=r"ids\[0\] is out of bigint range"):
+        twin.dispatch.ids_literal([2**63])
