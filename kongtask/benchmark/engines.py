@@ -58,7 +58,7 @@ class Sizes:
     spawn_samples: int
     processes: int
     concurrency: int
-    local_queue_size: int
+    local_queue_size: int | None
     poll_interval_ms: int
     timeout_s: int
     idle_wait_s: float
@@ -122,9 +122,11 @@ class Engine:
         if scenario in WINDOWED:
             argv.append("--windows")
         if self.kongtask:
-            # bench.js has these fixed (local queue max(500, C), idle wait 1 s).
-            argv += ["--local-queue-size", str(sizes.local_queue_size),
-                     "--idle-wait", str(sizes.idle_wait_s)]
+            # bench.js has its idle wait fixed at 1 s; kongtask's local queue is
+            # its own default unless asked for (the defaults are what users get).
+            argv += ["--idle-wait", str(sizes.idle_wait_s)]
+            if sizes.local_queue_size is not None:
+                argv += ["--local-queue-size", str(sizes.local_queue_size)]
         return argv
 
     def worker_args(self, dsn: str, concurrency: int) -> list[str]:

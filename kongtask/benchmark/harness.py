@@ -131,9 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     sizes.add_argument("--spawn-samples", type=_positive, metavar="S",
                        help="process spawns timed to READY (default 5)")
     sizes.add_argument("-j", "--concurrency", type=_positive, default=24, metavar="C")
-    sizes.add_argument("--local-queue-size", type=_positive, default=500, metavar="L",
-                       help="kongtask's local queue in the in-process scenarios (default "
-                            "%(default)s, bench.js's); drain-from-spawn uses kongtask's default")
+    sizes.add_argument("--local-queue-size", type=_positive, metavar="L",
+                       help="kongtask's local queue in the in-process scenarios (default: "
+                            "kongtask's own default); drain-from-spawn always uses the default")
     sizes.add_argument("--processes", type=_positive, default=2, metavar="P",
                        help="worker processes in the processes scenario (default 2)")
     sizes.add_argument("--poll-interval", type=_positive, default=2000, metavar="MS")
@@ -377,9 +377,10 @@ def make_plan(args: argparse.Namespace, stamp: str) -> Plan:
 
         node_bin, folder = node.prepare(args.node_bench)
         engines.append(graphile_worker_engine(f"bench_{stamp}_gw", node_bin, folder))
-        if args.local_queue_size != 500:
-            notes.append("bench.js always uses a local queue of max(500, concurrency); "
-                         f"kongtask uses {args.local_queue_size}")
+        notes.append("graphile-worker runs with its best documented settings (local queue "
+                     "max(500, concurrency), batch delays 0); kongtask with its defaults"
+                     + (f" but local_queue_size {args.local_queue_size}"
+                        if args.local_queue_size is not None else ""))
     return Plan(scenarios, engines, rounds, sizes, notes)
 
 

@@ -60,7 +60,7 @@ class ChildConfig:
     jobs: int
     samples: int
     concurrency: int = 24
-    local_queue_size: int = 500
+    local_queue_size: int | None = None
     poll_interval_ms: int = 2000
     analyze: bool = True
     timeout_s: float = 900.0
@@ -140,15 +140,17 @@ class Bench:
 
     # ------------------------------------------------------------ plumbing
     def pool_options(self) -> dict[str, Any]:
-        """The same preset for every scenario: see bench/graphile-worker/README.md."""
+        """kongtask's defaults, with the bench's concurrency and poll interval (and a
+        local queue size only when one was asked for)."""
         cfg = self.cfg
-        return {
+        options: dict[str, Any] = {
             "concurrency": cfg.concurrency,
-            "local_queue_size": max(cfg.local_queue_size, cfg.concurrency),
-            "complete_batch_delay": 0.0,
             "poll_interval": cfg.poll_interval_ms / 1000,
             "schema": cfg.schema,
         }
+        if cfg.local_queue_size is not None:
+            options["local_queue_size"] = max(cfg.local_queue_size, cfg.concurrency)
+        return options
 
     async def start_pool(self) -> tuple[kongtask.Runner, float, float]:
         """Start a pool; returns it with the perf_counter times of the call and of ready.
@@ -286,7 +288,7 @@ class Bench:
             **counter.report(),
             **self.window.report(n),
             "concurrency": self.cfg.concurrency,
-            "local_queue_size": self.pool_options()["local_queue_size"],
+            "local_queue_size": kongtask.WorkerOptions(**self.pool_options()).max_batch,
             "analyzed": self.cfg.analyze,
         }
 

@@ -56,7 +56,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=_positive)
     parser.add_argument("--samples", type=_positive)
     parser.add_argument("--concurrency", type=_positive, default=24)
-    parser.add_argument("--local-queue-size", type=_positive, default=500)
+    parser.add_argument("--local-queue-size", type=_positive, default=None)
     parser.add_argument("--poll-interval", type=_positive, default=2000, metavar="MS")
     parser.add_argument("--skip-analyze", action="store_true")
     parser.add_argument("--timeout", type=float, default=900.0, metavar="SEC")
