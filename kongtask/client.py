@@ -7,6 +7,7 @@ so there is one implementation of every client operation.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -15,7 +16,7 @@ from typing import Any, Literal
 import asyncpg
 
 from . import migrate as _migrate
-from ._core import decode, payload
+from ._core import decode, dispatch, payload
 from .config import resolve_schema
 from .db import create_pool, mask_dsn, resolve_dsn
 from .errors import InvalidJobSpec
@@ -68,6 +69,10 @@ def _translate(exc: asyncpg.PostgresError) -> Exception:
     return exc
 
 
+_TASK_ID = operator.itemgetter(2)  # decode.STORED_COLUMNS
+_QUEUE_ID = operator.itemgetter(1)
+
+
 class WorkerUtils:
     """Client for one schema: add jobs, migrate, and the admin functions.
 
@@ -91,6 +96,10 @@ class WorkerUtils:
         self._dsn: str | None = None
         self._max_pool_size = max_pool_size
         self._prepared_statements = prepared_statements
+        # Task and queue ids never change their names (a deleted task or queue
+        # comes back with a new id), so they are learnt once and kept.
+        self._task_names: dict[int, str] = {}
+        self._queue_names: dict[int, str] = {}
         if isinstance(dsn_or_pool, asyncpg.Pool | asyncpg.Connection):
             self._executor = dsn_or_pool
         else:
@@ -204,10 +213,24 @@ class WorkerUtils:
         self, conn: asyncpg.Connection, encoded: str, preserve_run_at: bool
     ) -> list[Job]:
         with _user_errors():
-            async with conn.transaction():
-                await conn.execute(self.queries.ensure_tasks_and_queues, encoded)
-                rows = await conn.fetch(self.queries.add_jobs, encoded, preserve_run_at)
-        return decode.decode_jobs(rows)
+            rows = await conn.fetch(self.queries.add_jobs, encoded, preserve_run_at)
+            tasks = set(map(_TASK_ID, rows)) - self._task_names.keys()
+            queues = set(map(_QUEUE_ID, rows)) - self._queue_names.keys()
+            queues.discard(None)
+            if tasks or queues:
+                await self._learn_names(conn, tasks, queues)
+        return decode.decode_stored(rows, self._task_names, self._queue_names)
+
+    async def _learn_names(
+        self, conn: asyncpg.Connection, tasks: set[int], queues: set[int]
+    ) -> None:
+        rows = await conn.fetch(
+            self.queries.task_and_queue_names,
+            dispatch.ids_literal(sorted(tasks)),
+            dispatch.ids_literal(sorted(queues)),
+        )
+        for is_queue, id_, name in rows:
+            (self._queue_names if is_queue else self._task_names)[id_] = name
 
     async def add_jobs_count(
         self,

@@ -75,27 +75,31 @@ from j where j.id is not null"""
         )
 
     @cached_property
-    def ensure_tasks_and_queues(self) -> str:
-        """Create the specs' tasks and queues first, so that the following
-        ``add_jobs`` statement's snapshot sees them and can name them."""
-        s = self.s
+    def add_jobs(self) -> str:
+        """The added jobs in ``decode.STORED_COLUMNS`` order: task and queue as ids.
+
+        Naming them here would cost a lookup per row, and could not see the
+        tasks and queues the function creates in this very statement; the
+        client names them from a cache instead (``task_and_queue_names``).
+        """
         return f"""
-with specs as (
-  select * from json_populate_recordset(null::{s}.job_spec, $1::json)
-), t as (
-  insert into {s}._private_tasks (identifier)
-  select distinct identifier from specs
-  on conflict do nothing
-)
-insert into {s}._private_job_queues (queue_name)
-select distinct queue_name from specs where queue_name is not null
-on conflict do nothing"""
+select
+  j.id, j.job_queue_id, j.task_id, j.payload, j.priority, j.run_at, j.attempts,
+  j.max_attempts, j.last_error, j.created_at, j.updated_at, j.key, j.locked_at,
+  j.locked_by, j.revision, j.flags
+from {self.s}.add_jobs({self._specs_from_json()}, $2::boolean) as j
+where j.id is not null"""
 
     @cached_property
-    def add_jobs(self) -> str:
-        return self._from_function(
-            f"select * from {self.s}.add_jobs({self._specs_from_json()}, $2::boolean)"
-        )
+    def task_and_queue_names(self) -> str:
+        """Identifiers of task ids $1 and names of queue ids $2 (array literals)."""
+        s = self.s
+        return f"""
+select false as is_queue, t.id, t.identifier as name
+from {s}._private_tasks as t where t.id = any($1::text::int[])
+union all
+select true, q.id, q.queue_name
+from {s}._private_job_queues as q where q.id = any($2::text::int[])"""
 
     @cached_property
     def add_jobs_count(self) -> str:

@@ -35,8 +35,8 @@ cdef extern from "Python.h":
     int PyUnicode_2BYTE_KIND
 
 __all__ = [
-    "JOB_COLUMNS", "LEASED_COLUMNS", "Job", "decode_job", "decode_jobs", "decode_leased",
-    "loads_payload", "pg_timestamp",
+    "JOB_COLUMNS", "LEASED_COLUMNS", "STORED_COLUMNS", "Job", "decode_job", "decode_jobs",
+    "decode_leased", "decode_stored", "loads_payload", "pg_timestamp",
 ]
 
 JOB_COLUMNS = (
@@ -521,6 +521,37 @@ def decode_leased(rows, lease, dict task_names, locked_by, locked_at):
         job._locked_at = locked_at
         job.locked_by = locked_by
         job.lease = lease
+        _parse_payload_and_flags(job)
+        out[i] = job
+    return out
+
+
+#: Columns of a stored job row as ``add_jobs`` returns it: the table's own
+#: columns, with task and queue as ids (the client names them from a cache).
+STORED_COLUMNS = (
+    "id", "job_queue_id", "task_id", "payload", "priority", "run_at", "attempts",
+    "max_attempts", "last_error", "created_at", "updated_at", "key", "locked_at",
+    "locked_by", "revision", "flags",
+)
+
+
+def decode_stored(rows, dict task_names, dict queue_names):
+    """Decodes rows in ``STORED_COLUMNS`` order; ids are named from the two maps."""
+    cdef tuple seq = rows if type(rows) is tuple else tuple(rows)
+    cdef Py_ssize_t i, n = PyTuple_GET_SIZE(seq)
+    cdef list out = [None] * n
+    cdef Job job
+    cdef object row, queue_id
+    for i in range(n):
+        row = <object>PyTuple_GET_ITEM(seq, i)
+        if not PySequence_Check(row) or PySequence_Size(row) != NCOLUMNS:
+            raise ValueError(f"row {i} is not a stored job row of {NCOLUMNS} columns")
+        job = Job.__new__(Job)
+        _fill_from_sequence(job, row)
+        # _fill_from_sequence reads JOB_COLUMNS order: columns 1 and 2 hold ids here.
+        queue_id = job.queue_name
+        job.queue_name = None if queue_id is None else queue_names[queue_id]
+        job.task_identifier = task_names[job.task_identifier]
         _parse_payload_and_flags(job)
         out[i] = job
     return out

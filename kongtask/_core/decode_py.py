@@ -39,10 +39,12 @@ import orjson
 __all__ = [
     "JOB_COLUMNS",
     "LEASED_COLUMNS",
+    "STORED_COLUMNS",
     "Job",
     "decode_job",
     "decode_jobs",
     "decode_leased",
+    "decode_stored",
     "loads_payload",
     "pg_timestamp",
 ]
@@ -495,6 +497,38 @@ def decode_leased(
         )
         job.lease = lease
         append(job)
+    return out
+
+
+#: Columns of a stored job row as ``add_jobs`` returns it: the table's own
+#: columns, with task and queue as ids (the client names them from a cache).
+STORED_COLUMNS: tuple[str, ...] = (
+    "id",
+    "job_queue_id",
+    "task_id",
+    *JOB_COLUMNS[3:],
+)
+
+
+def decode_stored(
+    rows: Any, task_names: dict[int, str], queue_names: dict[int, str]
+) -> list[Job]:
+    """Decodes rows in ``STORED_COLUMNS`` order; ids are named from the two maps."""
+    out: list[Job] = []
+    append = out.append
+    for index, row in enumerate(rows):
+        try:
+            if len(row) != _NCOLUMNS:
+                raise ValueError
+            (id_, queue_id, task_id, payload, *rest, flags) = row
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"row {index} is not a stored job row of {_NCOLUMNS} columns"
+            ) from None
+        queue_name = None if queue_id is None else queue_names[queue_id]
+        task_identifier = task_names[task_id]
+        payload, flags, error = _parse(payload, flags)
+        append(Job(id_, queue_name, task_identifier, payload, *rest, flags, error))
     return out
 
 

@@ -40,7 +40,7 @@ def outcome(call: Callable[[], Any]) -> tuple[str, ...]:
             repr(getattr(exc, "field", None)),
             repr(getattr(exc, "column", None)),
         )
-    except (ValueError, TypeError, OverflowError) as exc:
+    except (ValueError, TypeError, OverflowError, KeyError) as exc:
         event(f"raised {type(exc).__name__}")
         return ("raise", type(exc).__name__, str(exc))
     event("returned")
@@ -544,3 +544,23 @@ def test_pg_timestamp_agrees(both: tuple[Twin, Twin], micros: int) -> None:
     assert outcome(lambda: compiled.decode.pg_timestamp(micros)) == outcome(
         lambda: pure.decode.pg_timestamp(micros)
     )
+
+
+@SETTINGS
+@given(
+    batch=st.lists(
+        st.tuples(
+            st.integers(1, 10**12), st.none() | st.sampled_from([7, 8]), st.sampled_from([1, 2])
+        ).flatmap(lambda ids: rows.map(lambda row: (*ids, *row[3:])))
+        | st.tuples(st.integers()),
+        max_size=5,
+    )
+)
+def test_decode_stored_agrees(both: tuple[Twin, Twin], batch: list[Any]) -> None:
+    tasks, queues = {1: "one", 2: "two"}, {7: "q7"}
+
+    def jobs(twin: Twin) -> list[dict[str, Any]]:
+        return [job.as_dict() for job in twin.decode.decode_stored(batch, tasks, queues)]
+
+    pure, compiled = both
+    assert outcome(lambda: jobs(compiled)) == outcome(lambda: jobs(pure))
