@@ -61,6 +61,11 @@ class WorkerOptions:
             raise ConfigError(f"local_queue_size: must be >= 1, got {self.local_queue_size}")
         if not 0 <= self.lease_time <= 60:
             raise ConfigError(f"lease_time: must be within 0..60 seconds, got {self.lease_time}")
+        if self.max_pool_size is not None and self.max_pool_size < 4:
+            raise ConfigError(
+                f"max_pool_size: must be >= 4 (two fetch connections, the result writer "
+                f"and one for heartbeats and helpers), got {self.max_pool_size}"
+            )
         if self.complete_batch_delay < 0:
             raise ConfigError("complete_batch_delay: must be >= 0")
         if self.shutdown_timeout < 0:

@@ -37,7 +37,7 @@ from .db import create_pool, mask_dsn, resolve_dsn
 from .errors import ConfigError, SchemaTooNew
 from .events import EventEmitter
 from .fetcher import PIPELINES, Fetcher
-from .helpers import HelperContext, Helpers
+from .helpers import HelperContext
 from .housekeeping import heartbeat_args, heartbeat_loop, poll_loop
 from .leases import LeaseKeeper
 from .listener import Listener
@@ -148,6 +148,11 @@ class Runner:
             )
             listening = loop.create_task(self._listener.start())
         try:
+            if self._given_pool is not None and self._given_pool.get_max_size() < 4:
+                raise ConfigError(
+                    "the given pool's max_size must be >= 4 (two fetch connections, the "
+                    f"result writer and one spare), got {self._given_pool.get_max_size()}"
+                )
             if self._pool is None:
                 self._pool = await create_pool(
                     self._dsn,
@@ -271,7 +276,7 @@ class Runner:
             listeners=self.events.listeners,
             emit=self.events.emit,
             completer=self._completer,
-            make_helpers=functools.partial(Helpers, context),
+            helper_context=context,
             run_sync=functools.partial(loop.run_in_executor, None),
             with_timeout=with_timeout,
             on_failure=outcomes.on_failure,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 
 import kongtask
 from kongtask import JobSpec, WorkerUtils
@@ -269,3 +270,19 @@ async def test_lazy_timestamps_equal_asyncpg_datetimes(conn: asyncpg.Connection)
         await conn.reset_type_codec("timestamptz", schema="pg_catalog")
     for modules in twins().values():
         assert [modules["decode"].pg_timestamp(m) for m in micros] == expected
+
+
+async def test_pools_too_small_for_the_fetch_connections_are_refused(
+    database_url: str, utils: WorkerUtils
+) -> None:
+    async def noop(payload: Any, helpers: kongtask.Helpers) -> None:
+        return None
+
+    with pytest.raises(kongtask.ConfigError, match="max_pool_size: must be >= 4"):
+        await kongtask.run(database_url, {"t": noop}, schema=utils.schema, max_pool_size=3)
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    try:
+        with pytest.raises(kongtask.ConfigError, match="pool's max_size must be >= 4"):
+            await kongtask.run(pool, {"t": noop}, schema=utils.schema)
+    finally:
+        await pool.close()

@@ -16,7 +16,7 @@ from libc.stdlib cimport free, malloc
 
 from kongtask._core.decode cimport Job
 
-__all__ = ["Dispatcher", "Lease", "TaskEntry", "ids_literal"]
+__all__ = ["Dispatcher", "Helpers", "Lease", "TaskEntry", "ids_literal"]
 
 YIELD_EVERY = 16
 
@@ -158,6 +158,70 @@ cdef class Lease:
         return [job.id for job in self.jobs if job.id not in finished]
 
 
+cdef class Helpers:
+    """What a handler gets besides its payload: its job, a logger, the client.
+
+    Built for each job, so it holds two references; everything else is the
+    pool's HelperContext (kongtask.helpers). ``add_job``/``add_jobs`` use the
+    worker's pool (the schema's functions, so notifications and job keys
+    behave as for any client). ``abort_signal`` is set when the pool shuts
+    down forcefully: long handlers should watch it.
+    """
+
+    cdef object _context
+    cdef object _logger
+    cdef public object job
+
+    def __init__(self, context, job):
+        self._context = context
+        self.job = job
+
+    @property
+    def abort_signal(self):
+        """Set when the pool shuts down forcefully."""
+        return self._context.abort_signal
+
+    @property
+    def worker_id(self):
+        """The id of the pool running this job (what ``locked_by`` says once claimed)."""
+        return str(self._context.worker_id)
+
+    @property
+    def loop(self):
+        """The pool's event loop (for sync handlers that need to reach it)."""
+        return self._context.loop
+
+    @property
+    def logger(self):
+        """A logger tagged with this job (created on first use: most jobs never log)."""
+        if self._logger is None:
+            self._logger = self._context.job_logger(self.job)
+        return self._logger
+
+    async def add_job(self, identifier, payload=None, **options):
+        """Add a job (same options as ``WorkerUtils.add_job``)."""
+        return await self._context.utils.add_job(identifier, payload, **options)
+
+    async def add_jobs(self, specs, **options):
+        """Add many jobs in one statement (see ``WorkerUtils.add_jobs``)."""
+        return await self._context.utils.add_jobs(specs, **options)
+
+    async def with_pg_client(self, fn):
+        """Run ``fn`` with a connection borrowed from the worker's pool."""
+        return await self._context.with_pg_client(fn)
+
+    def run_sync(self, awaitable, timeout=None):
+        """From a sync handler (in a thread), run a helper coroutine on the loop and wait."""
+        return self._context.run_sync(awaitable, timeout)
+
+
+cdef inline Helpers _new_helpers(object context, object job):
+    cdef Helpers helpers = Helpers.__new__(Helpers)
+    helpers._context = context
+    helpers.job = job
+    return helpers
+
+
 cdef class TaskEntry:
     """What a slot needs to run one task: its handler, how to call it, its timeout."""
 
@@ -180,7 +244,7 @@ cdef class Dispatcher:
     cdef public object completer
     cdef object _complete
     cdef object _fail
-    cdef public object make_helpers
+    cdef public object helper_context
     cdef public object run_sync
     cdef public object with_timeout
     cdef public object on_failure
@@ -199,7 +263,7 @@ cdef class Dispatcher:
     cdef public bint stopping
     cdef int _streak
 
-    def __init__(self, *, dict tasks, dict listeners, emit, completer, make_helpers, run_sync,
+    def __init__(self, *, dict tasks, dict listeners, emit, completer, helper_context, run_sync,
                  with_timeout, on_failure, batch_outcome, on_replacement, request_fetch,
                  str worker_id, Py_ssize_t low_water):
         from collections import deque
@@ -210,7 +274,7 @@ cdef class Dispatcher:
         self.completer = completer
         self._complete = completer.complete
         self._fail = completer.fail
-        self.make_helpers = make_helpers
+        self.helper_context = helper_context
         self.run_sync = run_sync
         self.with_timeout = with_timeout
         self.on_failure = on_failure
@@ -344,7 +408,7 @@ cdef class Dispatcher:
                     raise ValueError(job.payload_error)
                 name = job.task_identifier
                 entry = <TaskEntry?>tasks[name]
-                helpers = self.make_helpers(job)
+                helpers = _new_helpers(self.helper_context, job)
                 if "job:start" in listeners:
                     self.emit("job:start", {"job": job, "worker_id": self.worker_id})
                 if entry.is_async:

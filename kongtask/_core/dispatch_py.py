@@ -7,7 +7,7 @@ the outcome to the job's :class:`Lease` (while its fetch transaction is still
 open) or to the completer (once the job was claimed with a row update).
 
 The module knows no database: the worker hands it callables for everything
-that is not bookkeeping (building helpers, running sync handlers in a thread,
+that is not bookkeeping (what helpers do, running sync handlers in a thread,
 timeouts, formatting failures, batch-job outcomes, asking for a fetch).
 """
 
@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-__all__ = ["Dispatcher", "Lease", "TaskEntry", "ids_literal"]
+__all__ = ["Dispatcher", "Helpers", "Lease", "TaskEntry", "ids_literal"]
 
 #: Jobs a slot runs back to back before it lets the event loop turn. Handlers
 #: that never suspend would otherwise run the whole local queue in one go,
@@ -111,6 +111,62 @@ class Lease:
         return [job.id for job in self.jobs if job.id not in finished]
 
 
+class Helpers:
+    """What a handler gets besides its payload: its job, a logger, the client.
+
+    Built for each job, so it holds two references; everything else is the
+    pool's HelperContext (kongtask.helpers). ``add_job``/``add_jobs`` use the
+    worker's pool (the schema's functions, so notifications and job keys
+    behave as for any client). ``abort_signal`` is set when the pool shuts
+    down forcefully: long handlers should watch it.
+    """
+
+    __slots__ = ("_context", "_logger", "job")
+
+    def __init__(self, context: Any, job: Any) -> None:
+        self._context = context
+        self.job = job
+        self._logger: Any = None
+
+    @property
+    def abort_signal(self) -> Any:
+        """Set when the pool shuts down forcefully."""
+        return self._context.abort_signal
+
+    @property
+    def worker_id(self) -> str:
+        """The id of the pool running this job (what ``locked_by`` says once claimed)."""
+        return str(self._context.worker_id)
+
+    @property
+    def loop(self) -> Any:
+        """The pool's event loop (for sync handlers that need to reach it)."""
+        return self._context.loop
+
+    @property
+    def logger(self) -> Any:
+        """A logger tagged with this job (created on first use: most jobs never log)."""
+        if self._logger is None:
+            self._logger = self._context.job_logger(self.job)
+        return self._logger
+
+    async def add_job(self, identifier: str, payload: Any = None, **options: Any) -> Any:
+        """Add a job (same options as ``WorkerUtils.add_job``)."""
+        return await self._context.utils.add_job(identifier, payload, **options)
+
+    async def add_jobs(self, specs: Any, **options: Any) -> Any:
+        """Add many jobs in one statement (see ``WorkerUtils.add_jobs``)."""
+        return await self._context.utils.add_jobs(specs, **options)
+
+    async def with_pg_client(self, fn: Callable[[Any], Awaitable[Any]]) -> Any:
+        """Run ``fn`` with a connection borrowed from the worker's pool."""
+        return await self._context.with_pg_client(fn)
+
+    def run_sync(self, awaitable: Awaitable[Any], timeout: float | None = None) -> Any:
+        """From a sync handler (in a thread), run a helper coroutine on the loop and wait."""
+        return self._context.run_sync(awaitable, timeout)
+
+
 class TaskEntry:
     """What a slot needs to run one task: its handler, how to call it, its timeout."""
 
@@ -139,7 +195,7 @@ class Dispatcher:
         listeners: dict[str, Any],
         emit: Callable[[str, dict[str, Any]], None],
         completer: Any,
-        make_helpers: Callable[[Any], Any],
+        helper_context: Any,
         run_sync: Callable[[Callable[..., Any], Any, Any], Awaitable[Any]],
         with_timeout: Callable[[Awaitable[Any], float, str], Awaitable[Any]],
         on_failure: Callable[[Any, BaseException | None, bool], None],
@@ -153,7 +209,7 @@ class Dispatcher:
         self.listeners = listeners
         self.emit = emit
         self.completer = completer
-        self.make_helpers = make_helpers
+        self.helper_context = helper_context
         self.run_sync = run_sync
         self.with_timeout = with_timeout
         self.on_failure = on_failure
@@ -262,7 +318,7 @@ class Dispatcher:
                     raise ValueError(job.payload_error)
                 name = job.task_identifier
                 entry = tasks[name]
-                helpers = self.make_helpers(job)
+                helpers = Helpers(self.helper_context, job)
                 if "job:start" in listeners:
                     self.emit("job:start", {"job": job, "worker_id": self.worker_id})
                 if entry.is_async:

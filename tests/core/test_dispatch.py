@@ -56,17 +56,12 @@ class Pool:
         self.fetch_requests = 0
         self.events: list[tuple[str, Any]] = []
         self.listeners: dict[str, list[Any]] = {}
-        self.helpers: list[Any] = []
+        self.worker_id = "w"
         loop = asyncio.get_running_loop()
 
         def on_failure(job: Any, exc: BaseException | None, cancelled: bool) -> None:
             self.failures.append((job.id, None if exc is None else str(exc), cancelled))
             self.dispatcher.fail(job, "cancelled" if cancelled else str(exc), None)
-
-        def make_helpers(job: Any) -> Any:
-            helpers = ("helpers", job.id)
-            self.helpers.append(helpers)
-            return helpers
 
         def request_fetch() -> None:
             self.fetch_requests += 1
@@ -90,7 +85,7 @@ class Pool:
             listeners=self.listeners,
             emit=lambda name, payload: self.events.append((name, payload["job"].id)),
             completer=self.completer,
-            make_helpers=make_helpers,
+            helper_context=self,
             run_sync=functools.partial(loop.run_in_executor, None),
             with_timeout=with_timeout,
             on_failure=on_failure,
@@ -101,6 +96,10 @@ class Pool:
             low_water=low_water,
         )
         self.slots = [loop.create_task(self.dispatcher.slot()) for _ in range(concurrency)]
+
+    def job_logger(self, job: Any) -> Any:
+        """HelperContext's part: what ``helpers.logger`` returns (built once per job)."""
+        return ("logger", job.id)
 
     async def stop(self) -> None:
         self.dispatcher.stopping = True
@@ -122,7 +121,7 @@ async def test_runs_jobs_in_order_and_routes_successes_to_the_completer(twin: Tw
 
     async def handler(payload: Any, helpers: Any) -> None:
         seen.append(payload["i"])
-        assert helpers == ("helpers", payload["i"])
+        assert helpers.job.id == payload["i"] and helpers.worker_id == "w"
 
     pool = Pool(twin, {"t": handler}, concurrency=1)
     pool.dispatcher.deliver(_jobs(twin, "t", range(1, 41)))
@@ -320,6 +319,21 @@ async def test_events_are_emitted_only_when_listened(twin: Twin) -> None:
     pool.dispatcher.deliver(_jobs(twin, "t", range(2, 3)))
     await _until(lambda: pool.completer.done == [1, 2])
     assert pool.events == [("job:start", 2), ("job:success", 2)]
+    await pool.stop()
+
+
+async def test_helpers_hold_their_job_and_build_the_logger_once(twin: Twin) -> None:
+    kept: list[Any] = []
+
+    async def handler(payload: Any, helpers: Any) -> None:
+        assert helpers.logger is helpers.logger == ("logger", helpers.job.id)
+        kept.append(helpers)
+
+    pool = Pool(twin, {"t": handler}, concurrency=1)
+    pool.dispatcher.deliver(_jobs(twin, "t", range(1, 3)))
+    await _until(lambda: len(pool.completer.done) == 2)
+    assert [h.job.id for h in kept] == [1, 2] and kept[0] is not kept[1]
+    assert isinstance(kept[0], twin.dispatch.Helpers)
     await pool.stop()
 
 
