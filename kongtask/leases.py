@@ -43,8 +43,12 @@ _DB_ERRORS = (
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
 
 
-def _encode_timestamptz(value: datetime) -> tuple[int]:
-    """datetime -> PostgreSQL microseconds (only used if a statement sends one)."""
+def _encode_timestamptz(value: datetime | int) -> tuple[int]:
+    """A datetime, or PostgreSQL microseconds as this codec decodes them, -> the
+    codec's tuple (a lease's resume key sends back a run_at it received)."""
+    if type(value) is int:
+        return (value,)
+    assert isinstance(value, datetime)
     if value.tzinfo is None:
         value = value.replace(tzinfo=timezone.utc)
     delta = value - _PG_EPOCH

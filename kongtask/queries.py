@@ -214,8 +214,15 @@ from {s}._private_job_queues as q where q.id = any($2::text::int[])"""
         return f"and (jobs.flags ?| ${param}::text[]) is not true" if with_flags else ""
 
     def _plain_candidates(
-        self, with_flags: bool, columns: str, tasks: int, limit: int, flags: int
+        self, with_flags: bool, columns: str, tasks: int, limit: int, flags: int,
+        after: int | None = None,
     ) -> str:
+        resume = (
+            f"and (jobs.priority, jobs.run_at, jobs.id) > "
+            f"(${after}::smallint, ${after + 1}::timestamptz, ${after + 2}::bigint)"
+            if after is not None
+            else ""
+        )
         return f"""
 select {columns}
 from {self.s}._private_jobs as jobs
@@ -225,12 +232,13 @@ where jobs.is_available = true
                                 where p.priority is not null))
   and jobs.run_at <= now()
   and jobs.task_id = any(${tasks}::text::int[])
+  {resume}
   {self._flags_filter(with_flags, flags)}
-order by jobs.priority, jobs.run_at
+order by jobs.priority, jobs.run_at, jobs.id
 limit ${limit}::int
 for update of jobs skip locked"""
 
-    def lease_plain(self, *, with_flags: bool) -> str:
+    def lease_plain(self, *, with_flags: bool, resume: bool = False) -> str:
         """Lock up to $3 due plain jobs (no queue, no key), writing nothing.
 
         Runs inside a transaction that stays open while the jobs run (a
@@ -242,7 +250,11 @@ for update of jobs skip locked"""
         that transaction. A crash rolls it back, which frees the jobs at once.
 
         $1 task ids (an array literal, see ``_core.dispatch.ids_literal``), $2
-        batch size, $3 forbidden flags. Rows come in ``decode.LEASED_COLUMNS``
+        batch size, $3 forbidden flags (when given); with ``resume``, the next
+        three: the priority, run_at and id of the last job this pool leased: the scan starts after
+        it, in the lease index's order, rather than walking past the rows this
+        pool's open leases hold (each skipped row costs a lock attempt: 1.5 us
+        of server CPU per job with two fetch pipelines). Rows come in ``decode.LEASED_COLUMNS``
         order, with this attempt counted: only what differs from job to job
         (no queue, no key; the worker fills in task names, itself and the time).
         """
@@ -251,7 +263,10 @@ for update of jobs skip locked"""
   jobs.revision, jobs.flags"""
         return (
             f"with recursive {self._due_priorities(self._PLAIN_KIND)}"
-            + self._plain_candidates(with_flags, columns, tasks=1, limit=2, flags=3)
+            + self._plain_candidates(
+                with_flags, columns, tasks=1, limit=2, flags=3,
+                after=(4 if with_flags else 3) if resume else None,
+            )
         )
 
     def claim_plain(self, *, with_flags: bool) -> str:

@@ -15,7 +15,10 @@ create index if not exists _kongtask_jobs_claim_index
   include (task_id, job_queue_id)
   where is_available = true and (job_queue_id is not null or key is not null);
 
+-- Its key ends with id so that a fetch can resume after the last job it
+-- leased (a row comparison on the index order) instead of walking past the
+-- rows its own open leases still hold.
 create index if not exists _kongtask_jobs_lease_index
-  on __SCHEMA__._private_jobs (priority, run_at)
-  include (id, task_id)
+  on __SCHEMA__._private_jobs (priority, run_at, id)
+  include (task_id)
   where is_available = true and job_queue_id is null and key is null;

@@ -286,3 +286,46 @@ async def test_pools_too_small_for_the_fetch_connections_are_refused(
             await kongtask.run(pool, {"t": noop}, schema=utils.schema)
     finally:
         await pool.close()
+
+
+async def test_jobs_stepped_over_while_locked_elsewhere_still_run(
+    database_url: str, utils: WorkerUtils, conn: asyncpg.Connection
+) -> None:
+    """A lease fetch resumes after the last job its pool leased; rows it stepped
+    over because another transaction held them must be found again later (by
+    the periodic full scan while busy, or the poll once idle: a rollback sends
+    no notification)."""
+    n = 3000
+    await utils.add_jobs([JobSpec("r", {"i": i}) for i in range(n)])
+    s = quote_ident(utils.schema)
+    seen: set[int] = set()
+    all_seen = asyncio.Event()
+
+    async def record(payload: Any, helpers: kongtask.Helpers) -> None:
+        seen.add(payload["i"])
+        if len(seen) == n:
+            all_seen.set()
+
+    blocker = await asyncpg.connect(database_url)
+    try:
+        # Another client holds the first 50 jobs while the pool drains the rest.
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute(
+            f"select id from {s}._private_jobs order by id limit 50 for update"
+        )
+        runner = await kongtask.run(
+            database_url, {"r": record}, schema=utils.schema, concurrency=8,
+            local_queue_size=200, poll_interval=0.3,
+        )
+        try:
+            while len(seen) < n - 50:
+                await asyncio.sleep(0.01)
+            assert len(seen) == n - 50  # the held ones were stepped over
+            await tx.rollback()
+            await asyncio.wait_for(all_seen.wait(), 20)
+        finally:
+            await runner.stop()
+    finally:
+        await blocker.close()
+    assert await _count(conn, utils.schema) == 0

@@ -32,6 +32,9 @@ TARGETS = {
     "cron_tick[1000x60]": 5.0,
     "cron_parse[1000]": None,
     "backoff[10k]": None,
+    "decode_leased[1000]": None,
+    "ids_literal[1000]": None,
+    "dispatch[1000]": None,
 }
 
 

@@ -94,6 +94,24 @@ def rows(kind: str, n: int = 500) -> list[Any]:
     return [_create_record(mapping, row) for row in plain]
 
 
+def leased_rows(n: int = 1000) -> list[Any]:
+    """n rows as the lease statement returns them (decode.LEASED_COLUMNS), as Records:
+    timestamps as PostgreSQL microseconds, the fetch connections' codec."""
+    plain = [
+        (i, 1, orjson.dumps(small_payload(i)).decode(), 0, 849_601_018_820_154 + i, 1, 25,
+         None, 849_601_018_820_154, 849_601_018_820_154, 0, None)
+        for i in range(n)
+    ]
+    try:
+        from asyncpg.protocol.protocol import _create_record
+    except ImportError:
+        return plain
+    from kongtask._core.decode_py import LEASED_COLUMNS
+
+    mapping = {name: index for index, name in enumerate(LEASED_COLUMNS)}
+    return [_create_record(mapping, row) for row in plain]
+
+
 def spec_fields(n: int = 10_000) -> list[dict[str, Any]]:
     """Keyword arguments of n job specs (a realistic spread of optional fields)."""
     out = []
