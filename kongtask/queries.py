@@ -257,9 +257,13 @@ for update of jobs skip locked"""
         of server CPU per job with two fetch pipelines). Rows come in ``decode.LEASED_COLUMNS``
         order, with this attempt counted: only what differs from job to job
         (no queue, no key; the worker fills in task names, itself and the time).
+        ``created_at`` comes as null when it equals ``run_at``, ``updated_at``
+        when it equals ``created_at`` (a job added for now and never changed):
+        each timestamp costs the worker a codec call, a null nothing.
         """
         columns = """jobs.id, jobs.task_id, jobs.payload, jobs.priority, jobs.run_at,
-  jobs.attempts + 1, jobs.max_attempts, jobs.last_error, jobs.created_at, jobs.updated_at,
+  jobs.attempts + 1, jobs.max_attempts, jobs.last_error,
+  nullif(jobs.created_at, jobs.run_at), nullif(jobs.updated_at, jobs.created_at),
   jobs.revision, jobs.flags"""
         return (
             f"with recursive {self._due_priorities(self._PLAIN_KIND)}"

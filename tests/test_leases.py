@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import math
 import operator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -329,3 +330,32 @@ async def test_jobs_stepped_over_while_locked_elsewhere_still_run(
     finally:
         await blocker.close()
     assert await _count(conn, utils.schema) == 0
+
+
+async def test_leased_job_timestamps_are_the_rows(
+    database_url: str, utils: WorkerUtils, conn: asyncpg.Connection
+) -> None:
+    """Leased rows send created_at/updated_at only when they differ (a null means
+    "as the previous column"); the handler must see the row's own values."""
+    s = quote_ident(utils.schema)
+    await utils.add_job("t", {"n": "now"})
+    await utils.add_job("t", {"n": "past"}, run_at=datetime(2020, 5, 1, tzinfo=timezone.utc))
+    await utils.add_job("t", {"n": "touched"})
+    await conn.execute(
+        f"update {s}._private_jobs set updated_at = updated_at + interval '1 second' "
+        "where payload->>'n' = 'touched'"
+    )
+    expected = {
+        row["n"]: (row["run_at"], row["created_at"], row["updated_at"])
+        for row in await conn.fetch(
+            f"select payload->>'n' as n, run_at, created_at, updated_at from {s}._private_jobs"
+        )
+    }
+    seen: dict[str, tuple[Any, Any, Any]] = {}
+
+    async def record(payload: Any, helpers: kongtask.Helpers) -> None:
+        job = helpers.job
+        seen[payload["n"]] = (job.run_at, job.created_at, job.updated_at)
+
+    await kongtask.run_once(database_url, {"t": record}, schema=utils.schema)
+    assert seen == expected

@@ -494,7 +494,8 @@ def decode_leased(rows, lease, dict task_names, locked_by, locked_at):
     """Decodes a leased batch (rows in ``LEASED_COLUMNS`` order) into jobs of ``lease``.
 
     ``task_names`` maps task ids to identifiers; every job gets ``locked_by``
-    and ``locked_at`` (what the row will say once claimed).
+    and ``locked_at`` (what the row will say once claimed). A null
+    ``created_at`` means "as ``run_at``", a null ``updated_at`` "as ``created_at``".
     """
     cdef tuple seq = rows if type(rows) is tuple else tuple(rows)
     cdef Py_ssize_t i, n = PyTuple_GET_SIZE(seq)
@@ -515,7 +516,11 @@ def decode_leased(rows, lease, dict task_names, locked_by, locked_at):
         job.max_attempts = PySequence_ITEM(row, 6)
         job.last_error = PySequence_ITEM(row, 7)
         job._created_at = PySequence_ITEM(row, 8)
+        if job._created_at is None:  # sent as null when equal to run_at
+            job._created_at = job._run_at
         job._updated_at = PySequence_ITEM(row, 9)
+        if job._updated_at is None:  # sent as null when equal to created_at
+            job._updated_at = job._created_at
         job.revision = PySequence_ITEM(row, 10)
         job.flags = PySequence_ITEM(row, 11)
         job._locked_at = locked_at

@@ -449,7 +449,8 @@ def decode_leased(
     """Decodes a leased batch (rows in ``LEASED_COLUMNS`` order) into jobs of ``lease``.
 
     ``task_names`` maps task ids to identifiers; every job gets ``locked_by``
-    and ``locked_at`` (what the row will say once claimed).
+    and ``locked_at`` (what the row will say once claimed). A null
+    ``created_at`` means "as ``run_at``", a null ``updated_at`` "as ``created_at``".
     """
     out: list[Job] = []
     append = out.append
@@ -476,6 +477,10 @@ def decode_leased(
                 f"row {index} is not a leased row of {len(LEASED_COLUMNS)} columns"
             ) from None
         payload, flags, error = _parse(payload, flags)
+        if created_at is None:
+            created_at = run_at
+        if updated_at is None:
+            updated_at = created_at
         job = Job(
             id_,
             None,

@@ -502,8 +502,8 @@ leased_rows = st.tuples(
     st.integers(1, 30),
     st.integers(1, 30),
     st.none() | st.text(max_size=10),
-    st.integers(0, 2**52),
-    st.integers(0, 2**52),
+    st.none() | st.integers(0, 2**52),
+    st.none() | st.integers(0, 2**52),
     st.integers(0, 5),
     flag_texts,
 )
