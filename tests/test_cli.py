@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 import orjson
+import pytest
 
 from kongtask import JobSpec, WorkerUtils
 from kongtask.db import quote_ident
@@ -227,3 +228,21 @@ def utils_dsn(utils: WorkerUtils) -> str:
     dsn = utils._dsn
     assert dsn
     return dsn
+
+
+def test_run_tunes_the_gc_for_a_job_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+
+    from kongtask import cli
+
+    before = gc.get_threshold()
+    try:
+        cli._tune_gc()
+        assert gc.get_threshold() == (cli.GC_THRESHOLD, *before[1:])
+        assert gc.get_freeze_count() > 0
+        monkeypatch.setenv("KONGTASK_GC_THRESHOLD", "700")
+        cli._tune_gc()
+        assert gc.get_threshold()[0] == 700
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import math
 import operator
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,18 @@ from .test_worker import Recorder, _jobs, _locked_rows
 
 async def _count(conn: asyncpg.Connection, schema: str) -> int:
     return await conn.fetchval(f"select count(*) from {quote_ident(schema)}._private_jobs")
+
+
+async def _count_is(conn: asyncpg.Connection, schema: str, n: int) -> bool:
+    return await _count(conn, schema) == n
+
+
+async def _until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 30) -> None:
+    """Poll the database until ``check()`` holds (state changes there send no event)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
 
 
 async def _visible_to_a_skip_locked_fetch(conn: asyncpg.Connection, schema: str) -> list[int]:
@@ -53,7 +66,7 @@ async def test_leased_job_is_locked_but_unclaimed_then_deleted(
         started.set()
         await release.wait()
 
-    job = await utils.add_job("hold", {"n": 1})
+    await utils.add_job("hold", {"n": 1})
     runner = await kongtask.run(database_url, {"hold": hold}, schema=utils.schema, lease_time=30)
     try:
         await asyncio.wait_for(started.wait(), 20)
@@ -61,11 +74,8 @@ async def test_leased_job_is_locked_but_unclaimed_then_deleted(
         assert (row["attempts"], row["locked_by"]) == (0, None)  # nothing written yet
         assert await _visible_to_a_skip_locked_fetch(conn, utils.schema) == []
         release.set()
-        while await conn.fetchval(
-            f"select count(*) from {quote_ident(utils.schema)}._private_jobs where id = $1",
-            job.id,
-        ):
-            await asyncio.sleep(0.01)  # the lease settles right after its last job
+        # The lease settles right after its last job.
+        await _until(lambda: _count_is(conn, utils.schema, 0), "the lease to settle")
     finally:
         await runner.stop()
     assert await _locked_rows(conn, utils.schema) == 0
@@ -110,13 +120,15 @@ async def test_job_running_past_the_deadline_is_claimed(
     )
     try:
         await asyncio.wait_for(started.wait(), 20)
-        while not all(r["locked_by"] == runner.worker_id for r in await _jobs(conn, utils.schema)):
-            await asyncio.sleep(0.01)  # the deadline fires 50 ms after the fetch
+        async def claimed() -> bool:
+            rows = await _jobs(conn, utils.schema)
+            return all(r["locked_by"] == runner.worker_id for r in rows)
+
+        await _until(claimed, "the deadline (50 ms after the fetch) to claim the jobs")
         rows = await _jobs(conn, utils.schema)
         assert [r["attempts"] for r in rows] == [1, 1]
         release.set()
-        while await _count(conn, utils.schema):
-            await asyncio.sleep(0.01)
+        await _until(lambda: _count_is(conn, utils.schema, 0), "the jobs to finish")
     finally:
         await runner.stop()
     assert await _locked_rows(conn, utils.schema) == 0
@@ -207,10 +219,10 @@ async def test_sigkilled_worker_frees_its_leased_jobs_at_once(
     await proc.wait()
     # The server notices the closed connection and rolls the lease back: the job
     # is free for the next fetcher without heartbeats or the 4-hour sweep.
-    deadline = asyncio.get_running_loop().time() + 10
-    while await _visible_to_a_skip_locked_fetch(conn, utils.schema) != [job.id]:
-        assert asyncio.get_running_loop().time() < deadline
-        await asyncio.sleep(0.02)
+    async def free_again() -> bool:
+        return await _visible_to_a_skip_locked_fetch(conn, utils.schema) == [job.id]
+
+    await _until(free_again, "the rolled-back lease to free the job", timeout=10)
     [row] = await _jobs(conn, utils.schema)
     assert (row["attempts"], row["locked_by"], row["last_error"]) == (0, None, None)
 
@@ -242,11 +254,7 @@ async def test_lost_lease_connection_loses_no_job(
         )
         assert killed >= 1
         release.set()
-        s = quote_ident(utils.schema)
-        deadline = asyncio.get_running_loop().time() + 60
-        while await conn.fetchval(f"select count(*) from {s}._private_jobs"):
-            assert asyncio.get_running_loop().time() < deadline, "jobs were left behind"
-            await asyncio.sleep(0.05)
+        await _until(lambda: _count_is(conn, utils.schema, 0), "every job to run", timeout=60)
     finally:
         await runner.stop()
     assert set(seen) == set(range(n))  # every job ran (some twice: at-least-once)
