@@ -1,9 +1,11 @@
 """The fetch pipelines: when to fetch, how many jobs, and from which statement.
 
-Two pipelines run this loop, each with a fetch connection of its own, so the
-next batch is locked while the last one runs (one fetch at a time leaves the
-server's second core idle and the slots waiting a whole fetch after every
-batch). One fetch cycle is:
+Two pipelines run this loop, each with a fetch connection of its own. One
+fetch is in flight at a time, started before the local queue runs dry so the
+next batch is locked while the last one runs; the second pipeline fetches
+alongside only while slots wait for jobs (two concurrent fetches walk past
+each other's locked rows, which costs the server CPU for nothing otherwise).
+One fetch cycle is:
 
 1. if a job with a named queue or a job key may be due: claim such jobs
    (the next job of each free queue) with a committed update, because every

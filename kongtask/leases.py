@@ -160,7 +160,6 @@ class LeaseKeeper:
         self.open: set[Any] = set()
         self._settling: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()
-        self.settled = 0  # leases settled so far (run_once compares it)
 
     async def _setup(self, conn: Any) -> None:
         await conn.set_type_codec(
@@ -275,7 +274,6 @@ class LeaseKeeper:
             self.give_back(held)
         finally:
             self.open.discard(lease)
-            self.settled += 1
             self._on_settled()
 
     def _lost(
