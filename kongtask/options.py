@@ -20,6 +20,9 @@ ForbiddenFlags = (
 #: actually asked for adapts to how fast jobs finish, so slow jobs are never
 #: hoarded by one pool (see fetcher.BatchSizer).
 DEFAULT_LOCAL_QUEUE_SIZE = 1000
+#: Fewest connections a pool can work with: two fetch connections, the result
+#: writer, and one for heartbeats and helpers.
+MIN_POOL_SIZE = 4
 #: Default time a fetched batch of unqueued jobs may stay locked by its fetch
 #: transaction before its unfinished jobs are claimed with a row update.
 DEFAULT_LEASE_TIME = 0.25
@@ -61,10 +64,10 @@ class WorkerOptions:
             raise ConfigError(f"local_queue_size: must be >= 1, got {self.local_queue_size}")
         if not 0 <= self.lease_time <= 60:
             raise ConfigError(f"lease_time: must be within 0..60 seconds, got {self.lease_time}")
-        if self.max_pool_size is not None and self.max_pool_size < 4:
+        if self.max_pool_size is not None and self.max_pool_size < MIN_POOL_SIZE:
             raise ConfigError(
-                f"max_pool_size: must be >= 4 (two fetch connections, the result writer "
-                f"and one for heartbeats and helpers), got {self.max_pool_size}"
+                f"max_pool_size: must be >= {MIN_POOL_SIZE} (two fetch connections, the "
+                f"result writer and one spare), got {self.max_pool_size}"
             )
         if self.complete_batch_delay < 0:
             raise ConfigError("complete_batch_delay: must be >= 0")

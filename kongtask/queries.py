@@ -186,12 +186,12 @@ from {s}._private_job_queues as q where q.id = any($2::text::int[])"""
     _CLAIMED_KIND = "(jobs.job_queue_id is not null or jobs.key is not null)"
     _PLAIN_KIND = "jobs.job_queue_id is null and jobs.key is null"
 
-    def _due_priorities(self, kind: str) -> str:
+    def _available_priorities(self, kind: str) -> str:
         """A recursive CTE ``priorities`` listing the distinct priorities of available
-        jobs of one kind.
+        jobs of one kind (``"true"``: of all kinds).
 
-        A loose index scan: one probe of kongtask's partial index of that kind
-        per distinct priority. The fetches then read each priority's due range
+        A loose index scan: one probe of the partial index of that kind per
+        distinct priority. The fetches then read each priority's due range
         (``priority = any(...) and run_at <= now()``, both index conditions),
         so a backlog of future jobs is never walked: a plain ``order by
         priority, run_at`` with ``run_at <= now()`` as a filter read all 300,000
@@ -266,7 +266,7 @@ for update of jobs skip locked"""
   nullif(jobs.created_at, jobs.run_at), nullif(jobs.updated_at, jobs.created_at),
   jobs.revision, jobs.flags"""
         return (
-            f"with recursive {self._due_priorities(self._PLAIN_KIND)}"
+            f"with recursive {self._available_priorities(self._PLAIN_KIND)}"
             + self._plain_candidates(
                 with_flags, columns, tasks=1, limit=2, flags=3,
                 after=(4 if with_flags else 3) if resume else None,
@@ -284,7 +284,7 @@ for update of jobs skip locked"""
         s = self.s
         candidates = self._plain_candidates(with_flags, "jobs.id", tasks=2, limit=3, flags=5)
         return f"""
-with recursive {self._due_priorities(self._PLAIN_KIND)},
+with recursive {self._available_priorities(self._PLAIN_KIND)},
 candidates as ({candidates}
 ),
 j as (
@@ -314,7 +314,7 @@ order by j.priority, j.run_at, j.id"""
         """
         s = self.s
         return f"""
-with recursive {self._due_priorities(self._CLAIMED_KIND)},
+with recursive {self._available_priorities(self._CLAIMED_KIND)},
 candidates as (
   select jobs.id, jobs.job_queue_id, jobs.priority, jobs.run_at
   from {s}._private_jobs as jobs
@@ -586,15 +586,7 @@ select
         """
         s = self.s
         return f"""
-with recursive priorities as (
-  (select jobs.priority from {s}._private_jobs as jobs
-   where jobs.is_available = true order by jobs.priority limit 1)
-  union all
-  select (select jobs.priority from {s}._private_jobs as jobs
-          where jobs.is_available = true and jobs.priority > p.priority
-          order by jobs.priority limit 1)
-  from priorities as p where p.priority is not null
-)
+with recursive {self._available_priorities("true")}
 select extract(epoch from min(soonest.run_at) - now())::float8
 from priorities as p
 cross join lateral (

@@ -464,19 +464,15 @@ cdef void _parse_payload_and_flags(Job job) except *:
         job.flags = flags
 
 
-def decode_jobs(rows, lease=None):
-    """Decodes a fetched batch (rows in ``JOB_COLUMNS`` order) in one pass;
-    every job gets ``lease`` (the Lease holding their rows, or None)."""
+def decode_jobs(rows):
+    """Decodes a fetched batch (rows in ``JOB_COLUMNS`` order) in one pass."""
     # A tuple snapshot: a Record-like row's __getitem__ is Python code that could
     # mutate a caller's list while the loop below reads it without bounds checks.
     cdef tuple seq = rows if type(rows) is tuple else tuple(rows)
     cdef Py_ssize_t i, n = PyTuple_GET_SIZE(seq)
     cdef list out = [None] * n
-    cdef Job job
     for i in range(n):
-        job = _decode_row(<object>PyTuple_GET_ITEM(seq, i), i)
-        job.lease = lease
-        out[i] = job
+        out[i] = _decode_row(<object>PyTuple_GET_ITEM(seq, i), i)
     return out
 
 

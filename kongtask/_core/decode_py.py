@@ -371,56 +371,25 @@ def _bad_row(index: int, row: Any) -> ValueError:
     )
 
 
-def decode_jobs(rows: Any, lease: Any = None) -> list[Job]:
-    """Decodes a fetched batch (rows in ``JOB_COLUMNS`` order) in one pass; every
-    job gets ``lease`` (the Lease holding their rows, or None)."""
+def decode_jobs(rows: Any) -> list[Job]:
+    """Decodes a fetched batch (rows in ``JOB_COLUMNS`` order) in one pass."""
     out: list[Job] = []
     append = out.append
     for index, row in enumerate(rows):
         try:
-            (
-                id_,
-                queue_name,
-                task_identifier,
-                payload,
-                priority,
-                run_at,
-                attempts,
-                max_attempts,
-                last_error,
-                created_at,
-                updated_at,
-                key,
-                locked_at,
-                locked_by,
-                revision,
-                flags,
-            ) = row
+            (id_, queue_name, task_identifier, payload, *rest, flags) = row
         except (TypeError, ValueError):
             raise _bad_row(index, row) from None
+        if len(rest) != _NCOLUMNS - 5:
+            raise _bad_row(index, row)
         payload, flags, error = _parse(payload, flags)
-        job = Job(
-            id_,
-            queue_name,
-            task_identifier,
-            payload,
-            priority,
-            run_at,
-            attempts,
-            max_attempts,
-            last_error,
-            created_at,
-            updated_at,
-            key,
-            locked_at,
-            locked_by,
-            revision,
-            flags,
-            error,
-        )
-        job.lease = lease
-        append(job)
+        append(Job(id_, queue_name, task_identifier, payload, *rest, flags, error))
     return out
+
+
+def decode_job(row: Any) -> Job:
+    """Decodes one row; see :func:`decode_jobs`."""
+    return decode_jobs((row,))[0]
 
 
 #: Columns of a leased row (queries.Queries.lease_plain): the job columns that
@@ -535,8 +504,3 @@ def decode_stored(
         payload, flags, error = _parse(payload, flags)
         append(Job(id_, queue_name, task_identifier, payload, *rest, flags, error))
     return out
-
-
-def decode_job(row: Any) -> Job:
-    """Decodes one row; see :func:`decode_jobs`."""
-    return decode_jobs((row,))[0]

@@ -184,7 +184,7 @@ cdef class Helpers:
     @property
     def worker_id(self):
         """The id of the pool running this job (what ``locked_by`` says once claimed)."""
-        return str(self._context.worker_id)
+        return self._context.worker_id
 
     @property
     def loop(self):

@@ -136,7 +136,7 @@ class Helpers:
     @property
     def worker_id(self) -> str:
         """The id of the pool running this job (what ``locked_by`` says once claimed)."""
-        return str(self._context.worker_id)
+        return self._context.worker_id
 
     @property
     def loop(self) -> Any:

@@ -384,6 +384,23 @@ def _check_encoded(items: list[dict[str, Any]], upto: int) -> None:
         item["payload"] = orjson.Fragment(_payload_bytes(prefix + "payload", payload))
 
 
+def _check_spec(
+    index: int,
+    identifier: Any,
+    queue_name: Any,
+    run_at: Any,
+    max_attempts: Any,
+    job_key: Any,
+    priority: Any,
+    flags: Any,
+) -> None:
+    """Every field rule of ``specs[index]`` (a spec has no job_key_mode of its own)."""
+    _check_fields(
+        f"specs[{index}].", identifier, queue_name, run_at, max_attempts, job_key, None,
+        priority, flags,
+    )
+
+
 def encode_specs(specs: Any) -> str:
     """The JSON array text for one ``add_jobs`` statement; validates every spec.
 
@@ -464,16 +481,8 @@ def encode_specs(specs: Any) -> str:
             and flags is None
         ):
             try:
-                _check_fields(
-                    f"specs[{index}].",
-                    identifier,
-                    queue_name,
-                    run_at,
-                    max_attempts,
-                    job_key,
-                    None,
-                    priority,
-                    flags,
+                _check_spec(
+                    index, identifier, queue_name, run_at, max_attempts, job_key, priority, flags
                 )
             except InvalidJobSpec:
                 _check_encoded(out, index)
@@ -490,16 +499,8 @@ def encode_specs(specs: Any) -> str:
                 # The inline checks above leave lone surrogates to the final
                 # dumps; a bad field still precedes run_at's range, as in the
                 # compiled twin.
-                _check_fields(
-                    f"specs[{index}].",
-                    identifier,
-                    queue_name,
-                    run_at,
-                    max_attempts,
-                    job_key,
-                    None,
-                    priority,
-                    flags,
+                _check_spec(
+                    index, identifier, queue_name, run_at, max_attempts, job_key, priority, flags
                 )
                 raise
         if max_attempts is not None:

@@ -21,7 +21,10 @@ def _row(job_id: int, task: str, payload: str, attempts: int = 1) -> tuple[Any, 
 
 
 def _jobs(twin: Twin, task: str, ids: range, lease: Any = None) -> list[Any]:
-    return twin.decode.decode_jobs([_row(i, task, f'{{"i": {i}}}') for i in ids], lease)
+    jobs = twin.decode.decode_jobs([_row(i, task, f'{{"i": {i}}}') for i in ids])
+    for job in jobs:
+        job.lease = lease
+    return jobs
 
 
 class Completer:
