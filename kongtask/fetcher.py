@@ -178,10 +178,18 @@ class Fetcher:
         if count > 0 and not self._more:
             self.wakeup.set()
 
-    def on_written(self) -> None:
-        """Results were written (a flush or a settled lease): queues may be free."""
-        self._flushes += 1
+    def on_flushed(self) -> None:
+        """Claimed jobs' results were written: named queues may be free again."""
         self._claimable_due = True
+        self._on_written()
+
+    def on_settled(self) -> None:
+        """A lease settled. It held only plain jobs, so no queue was freed: the
+        keyed-or-queued claim is not run again because of it."""
+        self._on_written()
+
+    def _on_written(self) -> None:
+        self._flushes += 1
         if not self._more or self._once:
             self.wakeup.set()
 
@@ -332,7 +340,9 @@ class Fetcher:
         lease = None
         armed = False
         claiming = False
-        delivered: list[Any] = []
+        report = self._events.has("localQueue:getJobs:complete")
+        delivered: list[Any] = []  # only filled when somebody listens for the batch
+        deliver = self._dispatcher.deliver
         try:
             async with held.lock:
                 if self._need_reclaim:
@@ -352,8 +362,10 @@ class Fetcher:
                     claiming = False
                     if rows:
                         got = len(rows)
-                        delivered = decode.decode_jobs(rows)
-                        self._deliver(delivered)
+                        jobs = decode.decode_jobs(rows)
+                        deliver(jobs)
+                        if report:
+                            delivered += jobs
                         if got >= wanted:
                             self._claimable_due = True  # there may be more free queues
                 rest = wanted - got
@@ -386,8 +398,9 @@ class Fetcher:
                             keeper.arm(lease, jobs)
                             armed = True
                             got += len(jobs)
-                            self._deliver(jobs)
-                            delivered = delivered + jobs if delivered else jobs
+                            deliver(jobs)
+                            if report:
+                                delivered += jobs
                         else:
                             keeper.abandon(lease)
                             owned_by_lease = False
@@ -400,8 +413,9 @@ class Fetcher:
                         if rows:
                             jobs = decode.decode_jobs(rows)
                             got += len(jobs)
-                            self._deliver(jobs)
-                            delivered = delivered + jobs if delivered else jobs
+                            deliver(jobs)
+                            if report:
+                                delivered += jobs
                 next_due = None
                 if got < wanted and (self._changed or not got):
                     # After the jobs are handed out: this round trip would add
@@ -423,7 +437,7 @@ class Fetcher:
             self._changed = False
             if next_due is not None:
                 self._set_run_at_timer(float(next_due))
-        if got and self._events.has("localQueue:getJobs:complete"):
+        if got and report:
             self._events.emit(
                 "localQueue:getJobs:complete", {"jobs": delivered, "worker_id": self._worker_id}
             )
@@ -437,9 +451,6 @@ class Fetcher:
         key = (last[3], last[4], last[0])
         if self._resume is None or key > self._resume:
             self._resume = key
-
-    def _deliver(self, jobs: list[Any]) -> None:
-        self._dispatcher.deliver(jobs)
 
     async def _reclaim_orphans(self) -> None:
         """After a failed claim, free jobs the database says we hold but we never got.

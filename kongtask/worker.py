@@ -27,7 +27,7 @@ from typing import Any
 import asyncpg
 
 from . import migrate as _migrate
-from ._core import decode, dispatch
+from ._core import dispatch
 from .client import WorkerUtils
 from .completion import Completer
 from .config import resolve_schema
@@ -41,14 +41,12 @@ from .helpers import HelperContext
 from .housekeeping import heartbeat_args, heartbeat_loop, poll_loop
 from .leases import LeaseKeeper
 from .listener import Listener
-from .options import WorkerOptions, build_options
+from .options import MIN_POOL_SIZE, WorkerOptions, build_options
 from .outcomes import SHUTDOWN_MESSAGE, Outcomes, format_error, with_timeout
 from .queries import Queries
 from .tasks import Handler, TaskList, as_task_list
 
 log = logging.getLogger("kongtask.worker")
-
-Job = decode.Job
 
 _DB_ERRORS = (
     OSError,
@@ -148,10 +146,11 @@ class Runner:
             )
             listening = loop.create_task(self._listener.start())
         try:
-            if self._given_pool is not None and self._given_pool.get_max_size() < 4:
+            if self._given_pool is not None and self._given_pool.get_max_size() < MIN_POOL_SIZE:
                 raise ConfigError(
-                    "the given pool's max_size must be >= 4 (two fetch connections, the "
-                    f"result writer and one spare), got {self._given_pool.get_max_size()}"
+                    f"the given pool's max_size must be >= {MIN_POOL_SIZE} (two fetch "
+                    "connections, the result writer and one spare), got "
+                    f"{self._given_pool.get_max_size()}"
                 )
             if self._pool is None:
                 self._pool = await create_pool(
@@ -247,7 +246,7 @@ class Runner:
             self.worker_id,
             delay=opts.complete_batch_delay,
             max_batch=opts.complete_batch_size,
-            on_flushed=self._on_written,
+            on_flushed=self._on_flushed,
         )
         self._keeper = LeaseKeeper(
             pool,
@@ -258,7 +257,7 @@ class Runner:
             # earlier leases of it finish; never more than the pool can spare.
             max_connections=max(2, min(2 * PIPELINES, pool.get_max_size() - 2)),
             completer=self._completer,
-            on_settled=self._on_written,
+            on_settled=self._on_settled,
             log=self.log,
             session_settings=opts.prepared_statements,
         )
@@ -266,11 +265,12 @@ class Runner:
         context = HelperContext(
             WorkerUtils(pool, schema=self.schema), pool, self._abort, self.worker_id, loop
         )
-        timeouts = {name: self.tasks.timeout(name) or opts.job_timeout for name in task_names}
+        tasks = self.tasks
         self._dispatcher = dispatch.Dispatcher(
             tasks={
-                name: dispatch.TaskEntry(self.tasks[name], self.tasks.is_async(name),
-                                         timeouts[name])
+                name: dispatch.TaskEntry(
+                    tasks[name], tasks.is_async(name), tasks.timeout(name) or opts.job_timeout
+                )
                 for name in task_names
             },
             listeners=self.events.listeners,
@@ -510,9 +510,13 @@ class Runner:
         if self._fetcher is not None:
             self._fetcher.on_insert(count)
 
-    def _on_written(self) -> None:
+    def _on_flushed(self) -> None:
         if self._fetcher is not None:
-            self._fetcher.on_written()
+            self._fetcher.on_flushed()
+
+    def _on_settled(self) -> None:
+        if self._fetcher is not None:
+            self._fetcher.on_settled()
 
     def _on_drained(self) -> None:
         # run_once: nothing due, nothing in hand, every result written.
