@@ -327,7 +327,7 @@ def test_a_server_elsewhere_has_no_cpu_figure(tmp_path: Path) -> None:
     assert process_cpu_s(os.getpid()) is not None
 
 
-def test_outside_script_agrees_the_queue_drains(bench_run: dict[str, Any]) -> None:
+def test_outside_script_drains_the_queue_and_reports_cpu(bench_run: dict[str, Any]) -> None:
     """bench/outside/spawn_to_empty.sh (bash, psql, /proc, date) on kongtask's CLI."""
     root = source_root()
     script = root / "bench" / "outside" / "spawn_to_empty.sh" if root else None

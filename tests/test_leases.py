@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import operator
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,8 +23,10 @@ import kongtask
 from kongtask import JobSpec, WorkerUtils
 from kongtask._core import twins
 from kongtask.db import quote_ident
+from kongtask.leases import decode_timestamps_as_micros
 
 from .conftest import spawn_kongtask
+from .test_reliability import SLOW_TASKS
 from .test_worker import Recorder, _jobs, _locked_rows
 
 
@@ -55,25 +56,34 @@ async def _visible_to_a_skip_locked_fetch(conn: asyncpg.Connection, schema: str)
     return [row["id"] for row in rows]
 
 
+class Holding:
+    """A task that records each job it starts, then waits until released."""
+
+    def __init__(self) -> None:
+        self.started = Recorder()
+        self.release = asyncio.Event()
+
+    async def __call__(self, payload: Any, helpers: kongtask.Helpers) -> None:
+        self.started.record(helpers.job)
+        await self.release.wait()
+
+
 async def test_leased_job_is_locked_but_unclaimed_then_deleted(
     database_url: str, utils: WorkerUtils, conn: asyncpg.Connection
 ) -> None:
-    started = asyncio.Event()
-    release = asyncio.Event()
-
-    async def hold(payload: Any, helpers: kongtask.Helpers) -> None:
-        assert helpers.job.attempts == 1 and helpers.job.locked_by == helpers.worker_id
-        started.set()
-        await release.wait()
-
+    hold = Holding()
     await utils.add_job("hold", {"n": 1})
     runner = await kongtask.run(database_url, {"hold": hold}, schema=utils.schema, lease_time=30)
     try:
-        await asyncio.wait_for(started.wait(), 20)
+        await hold.started.wait_for(1)
+        [job] = hold.started.calls
+        # The handler sees the job as it will be once claimed ...
+        assert (job.attempts, job.locked_by) == (1, runner.worker_id)
+        # ... while the row is untouched, and locked against every other fetcher.
         [row] = await _jobs(conn, utils.schema)
-        assert (row["attempts"], row["locked_by"]) == (0, None)  # nothing written yet
+        assert (row["attempts"], row["locked_by"]) == (0, None)
         assert await _visible_to_a_skip_locked_fetch(conn, utils.schema) == []
-        release.set()
+        hold.release.set()
         # The lease settles right after its last job.
         await _until(lambda: _count_is(conn, utils.schema, 0), "the lease to settle")
     finally:
@@ -107,19 +117,14 @@ async def test_failure_in_a_lease_counts_the_attempt_and_backs_off(
 async def test_job_running_past_the_deadline_is_claimed(
     database_url: str, utils: WorkerUtils, conn: asyncpg.Connection
 ) -> None:
-    started = asyncio.Event()
-    release = asyncio.Event()
-
-    async def hold(payload: Any, helpers: kongtask.Helpers) -> None:
-        started.set()
-        await release.wait()
-
+    hold = Holding()
     await utils.add_jobs([JobSpec("hold", {"i": i}) for i in range(2)])
     runner = await kongtask.run(
         database_url, {"hold": hold}, schema=utils.schema, lease_time=0.05, concurrency=2
     )
     try:
-        await asyncio.wait_for(started.wait(), 20)
+        await hold.started.wait_for(2)
+
         async def claimed() -> bool:
             rows = await _jobs(conn, utils.schema)
             return all(r["locked_by"] == runner.worker_id for r in rows)
@@ -127,7 +132,7 @@ async def test_job_running_past_the_deadline_is_claimed(
         await _until(claimed, "the deadline (50 ms after the fetch) to claim the jobs")
         rows = await _jobs(conn, utils.schema)
         assert [r["attempts"] for r in rows] == [1, 1]
-        release.set()
+        hold.release.set()
         await _until(lambda: _count_is(conn, utils.schema, 0), "the jobs to finish")
     finally:
         await runner.stop()
@@ -137,19 +142,13 @@ async def test_job_running_past_the_deadline_is_claimed(
 async def test_keyed_and_queued_jobs_are_claimed_at_fetch(
     database_url: str, utils: WorkerUtils, conn: asyncpg.Connection
 ) -> None:
-    started = Recorder()
-    release = asyncio.Event()
-
-    async def hold(payload: Any, helpers: kongtask.Helpers) -> None:
-        started.record(payload["kind"])
-        await release.wait()
-
+    hold = Holding()
     await utils.add_job("hold", {"kind": "keyed"}, job_key="k")
     await utils.add_job("hold", {"kind": "queued"}, queue_name="q")
     await utils.add_job("hold", {"kind": "plain"})
     runner = await kongtask.run(database_url, {"hold": hold}, schema=utils.schema, lease_time=30)
     try:
-        await started.wait_for(3)
+        await hold.started.wait_for(3)
         rows = {
             row["kind"]: row
             for row in await conn.fetch(
@@ -160,7 +159,7 @@ async def test_keyed_and_queued_jobs_are_claimed_at_fetch(
         assert (rows["keyed"]["locked_by"], rows["keyed"]["attempts"]) == (runner.worker_id, 1)
         assert (rows["queued"]["locked_by"], rows["queued"]["attempts"]) == (runner.worker_id, 1)
         assert (rows["plain"]["locked_by"], rows["plain"]["attempts"]) == (None, 0)
-        release.set()
+        hold.release.set()
     finally:
         await runner.stop()
     assert await _count(conn, utils.schema) == 0
@@ -169,46 +168,27 @@ async def test_keyed_and_queued_jobs_are_claimed_at_fetch(
 async def test_lease_time_zero_claims_everything_at_fetch(
     database_url: str, utils: WorkerUtils, conn: asyncpg.Connection
 ) -> None:
-    started = asyncio.Event()
-    release = asyncio.Event()
-
-    async def hold(payload: Any, helpers: kongtask.Helpers) -> None:
-        started.set()
-        await release.wait()
-
+    hold = Holding()
     await utils.add_job("hold", {})
     runner = await kongtask.run(database_url, {"hold": hold}, schema=utils.schema, lease_time=0)
     try:
-        await asyncio.wait_for(started.wait(), 20)
+        await hold.started.wait_for(1)
         [row] = await _jobs(conn, utils.schema)
         assert (row["attempts"], row["locked_by"]) == (1, runner.worker_id)
-        release.set()
+        hold.release.set()
     finally:
         await runner.stop()
     assert await _count(conn, utils.schema) == 0
 
 
-CRASHING_TASKS = """
-import asyncio
-from kongtask import TaskList
-
-tasks = TaskList()
-
-@tasks.task("hang")
-async def hang(payload, helpers):
-    print("STARTED", helpers.job.id, flush=True)
-    await asyncio.sleep(3600)
-"""
-
-
 async def test_sigkilled_worker_frees_its_leased_jobs_at_once(
     database_url: str, utils: WorkerUtils, conn: asyncpg.Connection, tmp_path: Path
 ) -> None:
-    (tmp_path / "crashing_tasks.py").write_text(CRASHING_TASKS)
-    job = await utils.add_job("hang", {})
+    (tmp_path / "slow_tasks.py").write_text(SLOW_TASKS)
+    job = await utils.add_job("slow", {})
     proc = await spawn_kongtask(
         "run", "-c", database_url, "-s", utils.schema, "--tasks",
-        str(tmp_path / "crashing_tasks.py"), "--lease-time", "60000",
+        str(tmp_path / "slow_tasks.py"), "--lease-time", "60000",
         stderr=asyncio.subprocess.DEVNULL,
     )
     assert proc.stdout is not None
@@ -269,10 +249,7 @@ async def test_lazy_timestamps_equal_asyncpg_datetimes(conn: asyncpg.Connection)
         "'9999-12-31 23:59:59.999999+00', 'infinity', '-infinity']::timestamptz[])"
     )
     expected = [row[0] for row in await conn.fetch(query)]
-    await conn.set_type_codec(
-        "timestamptz", schema="pg_catalog", encoder=lambda v: v,
-        decoder=operator.itemgetter(0), format="tuple",
-    )
+    await decode_timestamps_as_micros(conn)  # as the fetch connections do
     try:
         micros = [row[0] for row in await conn.fetch(query)]
     finally:
