@@ -51,6 +51,8 @@ PIPELINES = 2
 RESCAN_AFTER = 0.5
 
 
+#: Where the row address sits in a leased row (``decode.LEASED_COLUMNS``).
+_CTID = 12
 _PG_EPOCH = 946_684_800  # 2000-01-01 UTC, PostgreSQL's epoch, in Unix seconds
 
 
@@ -146,12 +148,15 @@ class Fetcher:
         self._need_reclaim = False  # a claim failed: we may hold jobs we never received
         self._run_at_timer: asyncio.TimerHandle | None = None
         # Where the next lease fetch may start: after the last job this pool
-        # leased (priority, run_at, id), while its leases still hold the rows
-        # before it. Forgotten when a batch comes back short, when something
+        # leased (priority, run_at, id). What lies before it is held by this
+        # pool's leases or already deleted (dead index entries a scan would
+        # walk). Forgotten when a batch comes back short, when something
         # may have added jobs before it (a notification, the poll, the run_at
         # timer), and RESCAN_AFTER seconds after the last full scan.
         self._resume: tuple[int, Any, int] | None = None
         self._full_scan_at = 0.0
+        # A resumed fetch came back empty: only a full scan may say "nothing due".
+        self._resumed_empty = False
         self._flushes = 0  # writes finished (results or leases); run_once compares it
 
     def set_tasks(self, task_ids: list[int], task_names: list[str]) -> None:
@@ -303,7 +308,10 @@ class Fetcher:
                 self.log.warning("fetching jobs works again")
             self._more = got >= wanted
             dispatcher.more = self._more
-            if not got:
+            if not got and self._resumed_empty:
+                self._resumed_empty = False
+                self.wakeup.set()  # the jobs after the resume point ran out: scan from the top
+            elif not got:
                 self._events.emit("worker:getJob:empty", {"worker_id": self._worker_id})
                 if self._once:
                     self._check_drained(written)
@@ -381,21 +389,20 @@ class Fetcher:
                         kind = "lease_plain"
                         now = time.monotonic()
                         resume = self._resume
-                        if resume is not None and keeper.open and (
-                            now - self._full_scan_at < RESCAN_AFTER
-                        ):
+                        if resume is not None and now - self._full_scan_at < RESCAN_AFTER:
                             kind = "lease_plain_resume"
                             lease_args += resume
                         else:
                             self._full_scan_at = now
                         locked_at = _pg_now()
                         rows = await conn.fetch(self._sql[kind, with_flags], *lease_args)
+                        self._resumed_empty = not rows and kind == "lease_plain_resume"
                         self._note_resume(rows, rest)
                         if rows:
                             jobs = decode.decode_leased(
                                 rows, lease, self._names_by_id, self._worker_id, locked_at
                             )
-                            keeper.arm(lease, jobs)
+                            keeper.arm(lease, jobs, [row[_CTID] for row in rows])
                             armed = True
                             got += len(jobs)
                             deliver(jobs)

@@ -75,6 +75,23 @@ async def _reset_codec(conn: Any) -> None:
     await conn.reset_type_codec("timestamptz", schema="pg_catalog")
 
 
+def tids_literal(ctids: list[str]) -> str:
+    """The ``tid[]`` literal of row addresses as PostgreSQL prints them (``(0,1)``).
+
+    Text, cast by the statement, as for job ids: a ``tid[]`` parameter would
+    make asyncpg introspect the type on every new connection.
+    """
+    return '{"' + '","'.join(ctids) + '"}' if ctids else "{}"
+
+
+def _done_rows(lease: Any) -> list[str]:
+    """Addresses of the lease's rows whose jobs succeeded."""
+    if not lease.unfinished and not lease.failed and not lease.dropped:
+        return lease.ctids  # every job succeeded: the usual case, no lookups
+    row_of = dict(zip([job.id for job in lease.jobs], lease.ctids, strict=True))
+    return [row_of[job_id] for job_id in lease.done]
+
+
 class FetchConnection(HeldConnection):
     """A held connection of the fetcher, with the lock its statements run under:
     a lease may settle (its jobs all done) while its fetch still reads the next
@@ -126,13 +143,23 @@ class LeaseKeeper:
 
     async def _setup(self, conn: Any) -> None:
         await decode_timestamps_as_micros(conn)
-        if self._session_settings and self.lease_time > 0:
-            # A safety net for a worker whose event loop stalls (a sync handler
-            # run on it, say): PostgreSQL ends the lease and frees its jobs.
-            await conn.execute(
-                "select set_config('idle_in_transaction_session_timeout', $1, false)",
-                f"{int(max(60.0, 20 * self.lease_time) * 1000)}ms",
-            )
+        if self._session_settings:
+            # Generic plans: the statements of this connection are the fetch and
+            # settle ones, whose plans do not depend on their parameters, while
+            # a custom plan per execution (which PostgreSQL keeps choosing)
+            # re-estimated every element of a 1,000-element id or ctid array:
+            # a tenth of the server's CPU in a drain. And a safety net for a
+            # worker whose event loop stalls (a sync handler run on it, say):
+            # PostgreSQL ends the lease and frees its jobs. Both are session
+            # settings, undone when the pool resets the connection.
+            if self.lease_time > 0:
+                await conn.execute(
+                    "select set_config('plan_cache_mode', 'force_generic_plan', false), "
+                    "set_config('idle_in_transaction_session_timeout', $1, false)",
+                    f"{int(max(60.0, 20 * self.lease_time) * 1000)}ms",
+                )
+            else:
+                await conn.execute("set plan_cache_mode = force_generic_plan")
 
     # ----------------------------------------------------------- connections
     async def connection(self) -> FetchConnection:
@@ -166,9 +193,10 @@ class LeaseKeeper:
         lease.jobs = []
         self.open.discard(lease)
 
-    def arm(self, lease: Any, jobs: list[Any]) -> None:
-        """Give the lease its jobs and its deadline."""
+    def arm(self, lease: Any, jobs: list[Any], ctids: list[str]) -> None:
+        """Give the lease its jobs, their rows' addresses and its deadline."""
         lease.jobs = jobs
+        lease.ctids = ctids
         lease.unfinished = len(jobs)
         lease.timer = self._loop.call_later(self.lease_time, self._deadline, lease)
 
@@ -186,21 +214,28 @@ class LeaseKeeper:
             lease.timer.cancel()
             lease.timer = None
         unfinished = lease.unfinished_ids() if lease.unfinished else []
+        done_rows = _done_rows(lease)
         # Jobs point at their lease and the lease at its jobs: a reference cycle
         # that would keep every job of the batch alive until the cyclic GC ran
         # (which then cost a third of the worker's CPU). Cut it here.
         lease.jobs = []
-        task = self._loop.create_task(self._settle(lease, unfinished))
+        lease.ctids = []
+        task = self._loop.create_task(self._settle(lease, unfinished, done_rows))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
-    async def _settle(self, lease: Any, unfinished: list[int]) -> None:
+    async def _settle(self, lease: Any, unfinished: list[int], done_rows: list[str]) -> None:
         held, conn = lease.conn
         async with held.lock:
-            await self._settle_on(lease, held, conn, unfinished)
+            await self._settle_on(lease, held, conn, unfinished, done_rows)
 
     async def _settle_on(
-        self, lease: Any, held: FetchConnection, conn: Any, unfinished: list[int]
+        self,
+        lease: Any,
+        held: FetchConnection,
+        conn: Any,
+        unfinished: list[int],
+        done_rows: list[str],
     ) -> None:
         done = lease.done
         failed = lease.failed
@@ -209,15 +244,25 @@ class LeaseKeeper:
                 raise ConnectionError("the lease's connection was lost")
             if done or failed or unfinished:
                 ids_literal = dispatch.ids_literal
-                await conn.execute(
+                deleted = await conn.fetchval(
                     self._q.settle_lease,
-                    ids_literal(done),
+                    tids_literal(done_rows),
                     ids_literal([entry[0] for entry in failed]),
                     [entry[1] for entry in failed],
                     [entry[2] for entry in failed],
                     ids_literal(unfinished),
                     self._worker_id,
                 )
+                if deleted != len(done):
+                    # Cannot happen while the row locks hold (see settle_lease);
+                    # if it ever does, no success may be lost or run again.
+                    self.log.warning(
+                        "a lease deleted %d of its %d finished job(s) by address; "
+                        "deleting them by id", deleted, len(done),
+                    )
+                    await conn.execute(
+                        self._q.complete_batch, ids_literal(done), self._worker_id
+                    )
             await conn.execute("commit")
         except _DB_ERRORS as exc:
             await held.discard()

@@ -139,6 +139,57 @@ async def test_job_running_past_the_deadline_is_claimed(
     assert await _locked_rows(conn, utils.schema) == 0
 
 
+async def test_mixed_lease_deletes_exactly_its_successes(
+    database_url: str, utils: WorkerUtils, conn: asyncpg.Connection
+) -> None:
+    """Successes are deleted by row address: with failures and running jobs in
+    the same lease (the path that maps ids to addresses), and a job this worker
+    cannot run beside them, exactly the succeeded rows go."""
+    hold = Holding()
+
+    async def mixed(payload: Any, helpers: kongtask.Helpers) -> None:
+        if payload["do"] == "fail":
+            raise RuntimeError("planned")
+        if payload["do"] == "hold":
+            await hold(payload, helpers)
+
+    plan = ["ok", "fail", "hold", "ok", "fail", "hold", "ok"]
+    added = await utils.add_jobs([JobSpec("mixed", {"do": do}) for do in plan])
+    [other] = await utils.add_jobs([JobSpec("not_ours", {})])
+    by_id = {job.id: do for job, do in zip(added, plan, strict=True)}
+    runner = await kongtask.run(
+        database_url, {"mixed": mixed}, schema=utils.schema, lease_time=0.2, concurrency=7
+    )
+    try:
+        await hold.started.wait_for(2)
+
+        async def settled() -> bool:
+            rows = await _jobs(conn, utils.schema)
+            return len(rows) == 5 and all(
+                r["locked_by"] == runner.worker_id for r in rows if by_id.get(r["id"]) == "hold"
+            )
+
+        await _until(settled, "the deadline to settle the lease")
+        rows = {r["id"]: r for r in await _jobs(conn, utils.schema)}
+        kinds = sorted(by_id.get(i, "other") for i in rows)
+        assert kinds == ["fail", "fail", "hold", "hold", "other"]
+        for job_id, row in rows.items():
+            kind = by_id.get(job_id, "other")
+            if kind == "fail":
+                assert (row["attempts"], row["locked_by"]) == (1, None)
+                assert row["last_error"].startswith("RuntimeError: planned")
+            elif kind == "hold":
+                assert (row["attempts"], row["locked_by"]) == (1, runner.worker_id)
+            else:
+                assert job_id == other.id
+                assert (row["attempts"], row["locked_by"]) == (0, None)
+        hold.release.set()
+        await _until(lambda: _count_is(conn, utils.schema, 3), "the held jobs to complete")
+    finally:
+        await runner.stop()
+    assert await _locked_rows(conn, utils.schema) == 0
+
+
 async def test_keyed_and_queued_jobs_are_claimed_at_fetch(
     database_url: str, utils: WorkerUtils, conn: asyncpg.Connection
 ) -> None:

@@ -479,10 +479,12 @@ def decode_jobs(rows):
 #: Columns of a leased row (queries.Queries.lease_plain): the job columns that
 #: differ from row to row. A leased job has no queue and no key, and the worker
 #: knows its task names, its own id and when it fetched the batch, so those
-#: are filled in here instead of being sent and decoded once per row.
+#: are filled in here instead of being sent and decoded once per row. The
+#: last column, the row's ``ctid`` as text, is not part of the job: the lease
+#: keeps it so that settling deletes the row by address (``settle_lease``).
 LEASED_COLUMNS = (
     "id", "task_id", "payload", "priority", "run_at", "attempts", "max_attempts",
-    "last_error", "created_at", "updated_at", "revision", "flags",
+    "last_error", "created_at", "updated_at", "revision", "flags", "ctid",
 )
 
 
@@ -500,7 +502,7 @@ def decode_leased(rows, lease, dict task_names, locked_by, locked_at):
     cdef object row
     for i in range(n):
         row = <object>PyTuple_GET_ITEM(seq, i)
-        if not PySequence_Check(row) or PySequence_Size(row) != 12:
+        if not PySequence_Check(row) or PySequence_Size(row) != 13:
             raise ValueError(f"row {i} is not a leased row of {len(LEASED_COLUMNS)} columns")
         job = Job.__new__(Job)
         job.id = PySequence_ITEM(row, 0)

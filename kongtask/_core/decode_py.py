@@ -395,7 +395,9 @@ def decode_job(row: Any) -> Job:
 #: Columns of a leased row (queries.Queries.lease_plain): the job columns that
 #: differ from row to row. A leased job has no queue and no key, and the worker
 #: knows its task names, its own id and when it fetched the batch, so those
-#: are filled in here instead of being sent and decoded once per row.
+#: are filled in here instead of being sent and decoded once per row. The
+#: last column, the row's ``ctid`` as text, is not part of the job: the lease
+#: keeps it so that settling deletes the row by address (``settle_lease``).
 LEASED_COLUMNS: tuple[str, ...] = (
     "id",
     "task_id",
@@ -409,6 +411,7 @@ LEASED_COLUMNS: tuple[str, ...] = (
     "updated_at",
     "revision",
     "flags",
+    "ctid",
 )
 
 
@@ -425,7 +428,7 @@ def decode_leased(
     append = out.append
     for index, row in enumerate(rows):
         try:
-            if len(row) != 12:
+            if len(row) != 13:
                 raise ValueError
             (
                 id_,
@@ -440,6 +443,7 @@ def decode_leased(
                 updated_at,
                 revision,
                 flags,
+                _ctid,
             ) = row
         except (TypeError, ValueError):
             raise ValueError(

@@ -108,6 +108,7 @@ cdef class Lease:
     """
 
     cdef public list jobs
+    cdef public list ctids
     cdef public Py_ssize_t unfinished
     cdef public list done
     cdef public list failed
@@ -119,6 +120,7 @@ cdef class Lease:
 
     def __init__(self, list jobs, on_finished):
         self.jobs = jobs
+        self.ctids = []
         self.unfinished = len(jobs)
         self.done = []
         self.failed = []

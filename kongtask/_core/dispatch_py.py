@@ -69,11 +69,13 @@ class Lease:
     to the completer, because those jobs are claimed by then.
     """
 
-    __slots__ = ("_on_finished", "conn", "done", "dropped", "failed", "jobs", "open", "timer",
-                 "unfinished")
+    __slots__ = ("_on_finished", "conn", "ctids", "done", "dropped", "failed", "jobs", "open",
+                 "timer", "unfinished")
 
     def __init__(self, jobs: list[Any], on_finished: Callable[[Lease], None]) -> None:
         self.jobs = jobs
+        #: The rows' addresses (ctid as text), parallel to ``jobs``.
+        self.ctids: list[str] = []
         self.unfinished = len(jobs)
         self.done: list[int] = []
         self.failed: list[tuple[int, str, str | None]] = []

@@ -506,6 +506,7 @@ leased_rows = st.tuples(
     st.none() | st.integers(0, 2**52),
     st.integers(0, 5),
     flag_texts,
+    st.sampled_from(["(0,1)", "(4294967295,65535)"]),
 )
 
 

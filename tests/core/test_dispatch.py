@@ -350,18 +350,18 @@ def test_timestamps_stay_raw_until_read(twin: Twin) -> None:
 
 def test_decode_leased_fills_in_what_the_worker_knows(twin: Twin) -> None:
     lease = twin.dispatch.Lease([], lambda lease: None)
-    row = (5, 2, '{"a": 1}', 3, 0, 1, 25, None, 0, 0, 0, '{"f": true}')
+    row = (5, 2, '{"a": 1}', 3, 0, 1, 25, None, 0, 0, 0, '{"f": true}', "(0,1)")
     [job] = twin.decode.decode_leased([row], lease, {2: "email"}, "worker-1", 1_000_000)
     assert (job.id, job.task_identifier, job.payload, job.priority) == (5, "email", {"a": 1}, 3)
     assert (job.queue_name, job.key, job.locked_by, job.lease) == (None, None, "worker-1", lease)
     assert job.locked_at == twin.decode.pg_timestamp(1_000_000)
     assert job.flags == ["f"] and job.payload_error is None
     # A null created_at / updated_at means "same as run_at" / "same as created_at".
-    row = (6, 2, "{}", 0, 7, 1, 25, None, None, None, 0, None)
+    row = (6, 2, "{}", 0, 7, 1, 25, None, None, None, 0, None, "(0,2)")
     [job] = twin.decode.decode_leased([row], lease, {2: "email"}, "w", 0)
     assert job.created_at == job.updated_at == job.run_at == twin.decode.pg_timestamp(7)
-    with pytest.raises(ValueError, match="row 0 is not a leased row of 12 columns"):
-        twin.decode.decode_leased([row[:11]], lease, {2: "email"}, "w", 0)
+    with pytest.raises(ValueError, match="row 0 is not a leased row of 13 columns"):
+        twin.decode.decode_leased([row[:12]], lease, {2: "email"}, "w", 0)
 
 
 def test_ids_literal(twin: Twin) -> None:
