@@ -134,6 +134,28 @@ async def test_add_jobs_bulk_with_options(utils: WorkerUtils) -> None:
     assert by_i[5].priority == 2 and by_i[0].flags == ["f"]
 
 
+async def test_add_jobs_returns_the_stored_timestamps(utils: WorkerUtils) -> None:
+    """created_at/updated_at travel as null when equal to the column before them;
+    the returned jobs must still match the rows, for jobs due now, in the future,
+    and updated by a job-key replace."""
+    later = datetime(2031, 5, 1, tzinfo=timezone.utc)
+    await utils.add_jobs([JobSpec("t", {"n": 0}, job_key="k")])
+    jobs = await utils.add_jobs(
+        [JobSpec("t", {"n": 1}), JobSpec("t", {"n": 2}, run_at=later),
+         JobSpec("t", {"n": 3}, job_key="k", run_at=later)]
+    )
+    stored = {job.id: job for job in await utils.get_jobs([job.id for job in jobs])}
+    assert len(stored) == 3
+    for job in jobs:
+        row = stored[job.id]
+        assert (job.run_at, job.created_at, job.updated_at) == (
+            row.run_at, row.created_at, row.updated_at
+        )
+    by_n = {job.payload["n"]: job for job in jobs}
+    assert by_n[2].run_at == later != by_n[2].created_at
+    assert by_n[3].updated_at > by_n[3].created_at  # the keyed job was replaced
+
+
 async def test_add_jobs_accepts_dicts_and_preserve_run_at(utils: WorkerUtils) -> None:
     when = datetime(2032, 2, 29, tzinfo=timezone.utc)
     await utils.add_jobs([{"identifier": "d", "job_key": "a", "run_at": when}])

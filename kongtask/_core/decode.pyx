@@ -539,7 +539,11 @@ STORED_COLUMNS = (
 
 
 def decode_stored(rows, dict task_names, dict queue_names):
-    """Decodes rows in ``STORED_COLUMNS`` order; ids are named from the two maps."""
+    """Decodes rows in ``STORED_COLUMNS`` order; ids are named from the two maps.
+
+    A null ``created_at`` means "as ``run_at``", a null ``updated_at`` "as
+    ``created_at``" (both columns are not null in the table).
+    """
     cdef tuple seq = rows if type(rows) is tuple else tuple(rows)
     cdef Py_ssize_t i, n = PyTuple_GET_SIZE(seq)
     cdef list out = [None] * n
@@ -555,6 +559,10 @@ def decode_stored(rows, dict task_names, dict queue_names):
         queue_id = job.queue_name
         job.queue_name = None if queue_id is None else queue_names[queue_id]
         job.task_identifier = task_names[job.task_identifier]
+        if job._created_at is None:  # sent as null when equal to run_at
+            job._created_at = job._run_at
+        if job._updated_at is None:  # sent as null when equal to created_at
+            job._updated_at = job._created_at
         _parse_payload_and_flags(job)
         out[i] = job
     return out

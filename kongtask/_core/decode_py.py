@@ -491,14 +491,21 @@ STORED_COLUMNS: tuple[str, ...] = (
 def decode_stored(
     rows: Any, task_names: dict[int, str], queue_names: dict[int, str]
 ) -> list[Job]:
-    """Decodes rows in ``STORED_COLUMNS`` order; ids are named from the two maps."""
+    """Decodes rows in ``STORED_COLUMNS`` order; ids are named from the two maps.
+
+    A null ``created_at`` means "as ``run_at``", a null ``updated_at`` "as
+    ``created_at``" (both columns are not null in the table).
+    """
     out: list[Job] = []
     append = out.append
     for index, row in enumerate(rows):
         try:
             if len(row) != _NCOLUMNS:
                 raise ValueError
-            (id_, queue_id, task_id, payload, *rest, flags) = row
+            (
+                id_, queue_id, task_id, payload, priority, run_at, attempts, max_attempts,
+                last_error, created_at, updated_at, *rest, flags,
+            ) = row
         except (TypeError, ValueError):
             raise ValueError(
                 f"row {index} is not a stored job row of {_NCOLUMNS} columns"
@@ -506,5 +513,12 @@ def decode_stored(
         queue_name = None if queue_id is None else queue_names[queue_id]
         task_identifier = task_names[task_id]
         payload, flags, error = _parse(payload, flags)
-        append(Job(id_, queue_name, task_identifier, payload, *rest, flags, error))
+        if created_at is None:
+            created_at = run_at
+        if updated_at is None:
+            updated_at = created_at
+        append(
+            Job(id_, queue_name, task_identifier, payload, priority, run_at, attempts,
+                max_attempts, last_error, created_at, updated_at, *rest, flags, error)
+        )
     return out

@@ -547,16 +547,30 @@ def test_pg_timestamp_agrees(both: tuple[Twin, Twin], micros: int) -> None:
     )
 
 
+def _stored_row(parts: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A row as add_jobs returns it: ids for queue and task, created_at/updated_at
+    null when equal to the previous column."""
+    id_, queue_id, task_id, row, null_created, null_updated = parts
+    out = [id_, queue_id, task_id, *row[3:]]
+    if null_created:
+        out[9] = None
+    if null_updated:
+        out[10] = None
+    return tuple(out)
+
+
+stored_rows = st.tuples(
+    st.integers(1, 10**12),
+    st.none() | st.sampled_from([7, 8]),
+    st.sampled_from([1, 2]),
+    rows,
+    st.booleans(),
+    st.booleans(),
+).map(_stored_row)
+
+
 @SETTINGS
-@given(
-    batch=st.lists(
-        st.tuples(
-            st.integers(1, 10**12), st.none() | st.sampled_from([7, 8]), st.sampled_from([1, 2])
-        ).flatmap(lambda ids: rows.map(lambda row: (*ids, *row[3:])))
-        | st.tuples(st.integers()),
-        max_size=5,
-    )
-)
+@given(batch=st.lists(stored_rows | st.tuples(st.integers()), max_size=5))
 def test_decode_stored_agrees(both: tuple[Twin, Twin], batch: list[Any]) -> None:
     tasks, queues = {1: "one", 2: "two"}, {7: "q7"}
 

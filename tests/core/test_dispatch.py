@@ -364,6 +364,17 @@ def test_decode_leased_fills_in_what_the_worker_knows(twin: Twin) -> None:
         twin.decode.decode_leased([row[:12]], lease, {2: "email"}, "w", 0)
 
 
+def test_decode_stored_fills_in_null_timestamps(twin: Twin) -> None:
+    run_at, created_at = 1_000_000, 2_000_000
+    row = (5, None, 2, "{}", 0, run_at, 0, 25, None, None, None, None, None, None, 0, None)
+    [job] = twin.decode.decode_stored([row], {2: "email"}, {})
+    assert job.created_at == job.updated_at == job.run_at == twin.decode.pg_timestamp(run_at)
+    row = (6, 7, 2, "{}", 0, run_at, 0, 25, None, created_at, None, None, None, None, 0, None)
+    [job] = twin.decode.decode_stored([row], {2: "email"}, {7: "q"})
+    assert job.updated_at == job.created_at == twin.decode.pg_timestamp(created_at)
+    assert job.run_at == twin.decode.pg_timestamp(run_at) and job.queue_name == "q"
+
+
 def test_ids_literal(twin: Twin) -> None:
     assert twin.dispatch.ids_literal([]) == "{}"
     assert twin.dispatch.ids_literal([3, -1, 2**63 - 1]) == "{3,-1,9223372036854775807}"
