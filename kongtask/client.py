@@ -69,8 +69,8 @@ def _translate(exc: asyncpg.PostgresError) -> Exception:
     return exc
 
 
-_TASK_ID = operator.itemgetter(2)  # decode.STORED_COLUMNS
-_QUEUE_ID = operator.itemgetter(1)
+_TASK_ID = operator.itemgetter(decode.STORED_COLUMNS.index("task_id"))
+_QUEUE_ID = operator.itemgetter(decode.STORED_COLUMNS.index("job_queue_id"))
 
 
 class WorkerUtils:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import operator
 import time
 from collections.abc import Callable
 from typing import Any
@@ -51,8 +52,12 @@ PIPELINES = 2
 RESCAN_AFTER = 0.5
 
 
-#: Where the row address sits in a leased row (``decode.LEASED_COLUMNS``).
-_CTID = 12
+#: Where the row address sits in a leased row, and the lease index's order
+#: (priority, run_at, id) of a leased row: where a resumed fetch starts.
+_CTID = decode.LEASED_COLUMNS.index("ctid")
+_RESUME_KEY = operator.itemgetter(
+    *(decode.LEASED_COLUMNS.index(name) for name in ("priority", "run_at", "id"))
+)
 _PG_EPOCH = 946_684_800  # 2000-01-01 UTC, PostgreSQL's epoch, in Unix seconds
 
 
@@ -155,8 +160,6 @@ class Fetcher:
         # timer), and RESCAN_AFTER seconds after the last full scan.
         self._resume: tuple[int, Any, int] | None = None
         self._full_scan_at = 0.0
-        # A resumed fetch came back empty: only a full scan may say "nothing due".
-        self._resumed_empty = False
         self._flushes = 0  # writes finished (results or leases); run_once compares it
 
     def set_tasks(self, task_ids: list[int], task_names: list[str]) -> None:
@@ -308,10 +311,7 @@ class Fetcher:
                 self.log.warning("fetching jobs works again")
             self._more = got >= wanted
             dispatcher.more = self._more
-            if not got and self._resumed_empty:
-                self._resumed_empty = False
-                self.wakeup.set()  # the jobs after the resume point ran out: scan from the top
-            elif not got:
+            if not got:
                 self._events.emit("worker:getJob:empty", {"worker_id": self._worker_id})
                 if self._once:
                     self._check_drained(written)
@@ -386,17 +386,22 @@ class Fetcher:
                         lease_args: list[Any] = [self._task_ids, rest]
                         if flags:
                             lease_args.append(flags)
-                        kind = "lease_plain"
                         now = time.monotonic()
                         resume = self._resume
-                        if resume is not None and now - self._full_scan_at < RESCAN_AFTER:
-                            kind = "lease_plain_resume"
-                            lease_args += resume
-                        else:
-                            self._full_scan_at = now
                         locked_at = _pg_now()
-                        rows = await conn.fetch(self._sql[kind, with_flags], *lease_args)
-                        self._resumed_empty = not rows and kind == "lease_plain_resume"
+                        rows = None
+                        if resume is not None and now - self._full_scan_at < RESCAN_AFTER:
+                            rows = await conn.fetch(
+                                self._sql["lease_plain_resume", with_flags], *lease_args, *resume
+                            )
+                        if not rows:
+                            # No resume point, or nothing due after it: what is
+                            # due may lie before it, so read from the top (an
+                            # empty fetch may end run_once only when it is this one).
+                            self._full_scan_at = now
+                            rows = await conn.fetch(
+                                self._sql["lease_plain", with_flags], *lease_args
+                            )
                         self._note_resume(rows, rest)
                         if rows:
                             jobs = decode.decode_leased(
@@ -454,8 +459,7 @@ class Fetcher:
         if len(rows) < wanted:
             self._resume = None  # the end of the due jobs: start from the top next time
             return
-        last = rows[-1]  # decode.LEASED_COLUMNS: id, task_id, payload, priority, run_at
-        key = (last[3], last[4], last[0])
+        key = _RESUME_KEY(rows[-1])
         if self._resume is None or key > self._resume:
             self._resume = key
 

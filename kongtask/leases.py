@@ -143,23 +143,22 @@ class LeaseKeeper:
 
     async def _setup(self, conn: Any) -> None:
         await decode_timestamps_as_micros(conn)
-        if self._session_settings:
-            # Generic plans: the statements of this connection are the fetch and
-            # settle ones, whose plans do not depend on their parameters, while
-            # a custom plan per execution (which PostgreSQL keeps choosing)
-            # re-estimated every element of a 1,000-element id or ctid array:
-            # a tenth of the server's CPU in a drain. And a safety net for a
-            # worker whose event loop stalls (a sync handler run on it, say):
-            # PostgreSQL ends the lease and frees its jobs. Both are session
-            # settings, undone when the pool resets the connection.
-            if self.lease_time > 0:
-                await conn.execute(
-                    "select set_config('plan_cache_mode', 'force_generic_plan', false), "
-                    "set_config('idle_in_transaction_session_timeout', $1, false)",
-                    f"{int(max(60.0, 20 * self.lease_time) * 1000)}ms",
-                )
-            else:
-                await conn.execute("set plan_cache_mode = force_generic_plan")
+        if not self._session_settings:
+            return
+        # Session settings, undone when the pool resets the connection. Generic
+        # plans: this connection runs the fetch and settle statements, whose
+        # plans do not depend on their parameters, while a custom plan per
+        # execution (which PostgreSQL keeps choosing) re-estimated every element
+        # of a 1,000-element id or ctid array: a tenth of the server's CPU in a
+        # drain.
+        await conn.execute("set plan_cache_mode = force_generic_plan")
+        if self.lease_time > 0:
+            # A safety net for a worker whose event loop stalls (a sync handler
+            # run on it, say): PostgreSQL ends the lease and frees its jobs.
+            await conn.execute(
+                "select set_config('idle_in_transaction_session_timeout', $1, false)",
+                f"{int(max(60.0, 20 * self.lease_time) * 1000)}ms",
+            )
 
     # ----------------------------------------------------------- connections
     async def connection(self) -> FetchConnection:
@@ -244,7 +243,7 @@ class LeaseKeeper:
                 raise ConnectionError("the lease's connection was lost")
             if done or failed or unfinished:
                 ids_literal = dispatch.ids_literal
-                deleted = await conn.fetchval(
+                await conn.execute(
                     self._q.settle_lease,
                     tids_literal(done_rows),
                     ids_literal([entry[0] for entry in failed]),
@@ -253,16 +252,6 @@ class LeaseKeeper:
                     ids_literal(unfinished),
                     self._worker_id,
                 )
-                if deleted != len(done):
-                    # Cannot happen while the row locks hold (see settle_lease);
-                    # if it ever does, no success may be lost or run again.
-                    self.log.warning(
-                        "a lease deleted %d of its %d finished job(s) by address; "
-                        "deleting them by id", deleted, len(done),
-                    )
-                    await conn.execute(
-                        self._q.complete_batch, ids_literal(done), self._worker_id
-                    )
             await conn.execute("commit")
         except _DB_ERRORS as exc:
             await held.discard()

@@ -23,6 +23,15 @@ DEFAULT_LOCAL_QUEUE_SIZE = 1000
 #: Fewest connections a pool can work with: two fetch connections, the result
 #: writer, and one for heartbeats and helpers.
 MIN_POOL_SIZE = 4
+def check_pool_size(what: str, size: int) -> None:
+    """Refuse a pool too small for a worker, naming which setting it came from."""
+    if size < MIN_POOL_SIZE:
+        raise ConfigError(
+            f"{what}: must be >= {MIN_POOL_SIZE} (two fetch connections, the result "
+            f"writer and one spare), got {size}"
+        )
+
+
 #: Default time a fetched batch of unqueued jobs may stay locked by its fetch
 #: transaction before its unfinished jobs are claimed with a row update.
 DEFAULT_LEASE_TIME = 0.25
@@ -64,11 +73,8 @@ class WorkerOptions:
             raise ConfigError(f"local_queue_size: must be >= 1, got {self.local_queue_size}")
         if not 0 <= self.lease_time <= 60:
             raise ConfigError(f"lease_time: must be within 0..60 seconds, got {self.lease_time}")
-        if self.max_pool_size is not None and self.max_pool_size < MIN_POOL_SIZE:
-            raise ConfigError(
-                f"max_pool_size: must be >= {MIN_POOL_SIZE} (two fetch connections, the "
-                f"result writer and one spare), got {self.max_pool_size}"
-            )
+        if self.max_pool_size is not None:
+            check_pool_size("max_pool_size", self.max_pool_size)
         if self.complete_batch_delay < 0:
             raise ConfigError("complete_batch_delay: must be >= 0")
         if self.shutdown_timeout < 0:

@@ -392,10 +392,10 @@ order by j.priority, j.run_at, j.id"""
         succeeded: deleted by a TID scan, without a primary-key probe per job
         (a fifth of the server's CPU per job in a drain). The lease's row locks
         keep every address valid: no other transaction can update or delete a
-        locked row, and this one has not touched it. The plain-kind test is a
-        guard: a wrong address could never delete a claimed, keyed or queued
-        job. Returns how many rows it deleted; the caller falls back to ids if
-        that is short. $2/$3/$4 ids, messages and replacement
+        locked row, and this one has not touched it (a row updated between the
+        fetch's snapshot and its lock is returned at its new version). The
+        plain-kind test is a second guard: an address could never delete a
+        claimed, keyed or queued job. $2/$3/$4 ids, messages and replacement
         payloads (JSON text or null) of failures, $5 ids still unfinished, $6
         worker id; id lists are array literals (``_core.dispatch.ids_literal``).
         The rows are row-locked by this transaction and were never
@@ -410,7 +410,6 @@ with done as (
   delete from {s}._private_jobs as jobs
   where jobs.ctid = any($1::text::tid[])
     and jobs.locked_by is null and {self._PLAIN_KIND}
-  returning 1
 ),
 f as (
   select * from unnest($2::text::bigint[], $3::text[], $4::text[]) as f(id, message, payload)
@@ -432,7 +431,7 @@ claimed as (
   set attempts = jobs.attempts + 1, locked_by = $6::text, locked_at = now()
   where jobs.id = any($5::text::bigint[])
 )
-select count(*) from done"""
+select 1"""
 
     @cached_property
     def complete_batch(self) -> str:

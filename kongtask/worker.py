@@ -41,7 +41,7 @@ from .helpers import HelperContext
 from .housekeeping import heartbeat_args, heartbeat_loop, poll_loop
 from .leases import LeaseKeeper
 from .listener import Listener
-from .options import MIN_POOL_SIZE, WorkerOptions, build_options
+from .options import WorkerOptions, build_options, check_pool_size
 from .outcomes import SHUTDOWN_MESSAGE, Outcomes, format_error, with_timeout
 from .queries import Queries
 from .tasks import Handler, TaskList, as_task_list
@@ -146,12 +146,8 @@ class Runner:
             )
             listening = loop.create_task(self._listener.start())
         try:
-            if self._given_pool is not None and self._given_pool.get_max_size() < MIN_POOL_SIZE:
-                raise ConfigError(
-                    f"the given pool's max_size must be >= {MIN_POOL_SIZE} (two fetch "
-                    "connections, the result writer and one spare), got "
-                    f"{self._given_pool.get_max_size()}"
-                )
+            if self._given_pool is not None:
+                check_pool_size("the given pool's max_size", self._given_pool.get_max_size())
             if self._pool is None:
                 self._pool = await create_pool(
                     self._dsn,

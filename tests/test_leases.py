@@ -319,7 +319,7 @@ async def test_pools_too_small_for_the_fetch_connections_are_refused(
         await kongtask.run(database_url, {"t": noop}, schema=utils.schema, max_pool_size=3)
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
     try:
-        with pytest.raises(kongtask.ConfigError, match="pool's max_size must be >= 4"):
+        with pytest.raises(kongtask.ConfigError, match="the given pool's max_size: must be >= 4"):
             await kongtask.run(pool, {"t": noop}, schema=utils.schema)
     finally:
         await pool.close()
@@ -336,10 +336,13 @@ async def test_jobs_stepped_over_while_locked_elsewhere_still_run(
     await utils.add_jobs([JobSpec("r", {"i": i}) for i in range(n)])
     s = quote_ident(utils.schema)
     seen: set[int] = set()
+    all_free_seen = asyncio.Event()
     all_seen = asyncio.Event()
 
     async def record(payload: Any, helpers: kongtask.Helpers) -> None:
         seen.add(payload["i"])
+        if len(seen) == n - 50:
+            all_free_seen.set()
         if len(seen) == n:
             all_seen.set()
 
@@ -356,8 +359,7 @@ async def test_jobs_stepped_over_while_locked_elsewhere_still_run(
             local_queue_size=200, poll_interval=0.3,
         )
         try:
-            while len(seen) < n - 50:
-                await asyncio.sleep(0.01)
+            await asyncio.wait_for(all_free_seen.wait(), 20)
             assert len(seen) == n - 50  # the held ones were stepped over
             await tx.rollback()
             await asyncio.wait_for(all_seen.wait(), 20)

@@ -486,6 +486,7 @@ LEASED_COLUMNS = (
     "id", "task_id", "payload", "priority", "run_at", "attempts", "max_attempts",
     "last_error", "created_at", "updated_at", "revision", "flags", "ctid",
 )
+cdef Py_ssize_t _NLEASED = len(LEASED_COLUMNS)
 
 
 def decode_leased(rows, lease, dict task_names, locked_by, locked_at):
@@ -502,8 +503,8 @@ def decode_leased(rows, lease, dict task_names, locked_by, locked_at):
     cdef object row
     for i in range(n):
         row = <object>PyTuple_GET_ITEM(seq, i)
-        if not PySequence_Check(row) or PySequence_Size(row) != 13:
-            raise ValueError(f"row {i} is not a leased row of {len(LEASED_COLUMNS)} columns")
+        if not PySequence_Check(row) or PySequence_Size(row) != _NLEASED:
+            raise ValueError(f"row {i} is not a leased row of {_NLEASED} columns")
         job = Job.__new__(Job)
         job.id = PySequence_ITEM(row, 0)
         job.task_identifier = task_names[PySequence_ITEM(row, 1)]
@@ -531,11 +532,7 @@ def decode_leased(rows, lease, dict task_names, locked_by, locked_at):
 
 #: Columns of a stored job row as ``add_jobs`` returns it: the table's own
 #: columns, with task and queue as ids (the client names them from a cache).
-STORED_COLUMNS = (
-    "id", "job_queue_id", "task_id", "payload", "priority", "run_at", "attempts",
-    "max_attempts", "last_error", "created_at", "updated_at", "key", "locked_at",
-    "locked_by", "revision", "flags",
-)
+STORED_COLUMNS = ("id", "job_queue_id", "task_id") + JOB_COLUMNS[3:]
 
 
 def decode_stored(rows, dict task_names, dict queue_names):

@@ -413,6 +413,7 @@ LEASED_COLUMNS: tuple[str, ...] = (
     "flags",
     "ctid",
 )
+_NLEASED = len(LEASED_COLUMNS)
 
 
 def decode_leased(
@@ -428,7 +429,7 @@ def decode_leased(
     append = out.append
     for index, row in enumerate(rows):
         try:
-            if len(row) != 13:
+            if len(row) != _NLEASED:
                 raise ValueError
             (
                 id_,
@@ -446,9 +447,7 @@ def decode_leased(
                 _ctid,
             ) = row
         except (TypeError, ValueError):
-            raise ValueError(
-                f"row {index} is not a leased row of {len(LEASED_COLUMNS)} columns"
-            ) from None
+            raise ValueError(f"row {index} is not a leased row of {_NLEASED} columns") from None
         payload, flags, error = _parse(payload, flags)
         if created_at is None:
             created_at = run_at

@@ -78,6 +78,16 @@ def test_job_columns(twin: Twin) -> None:
     assert twin.decode.JOB_COLUMNS == COLUMNS
 
 
+def test_leased_and_stored_columns_are_the_same_in_both_twins(
+    both: tuple[Twin, Twin]
+) -> None:
+    """The fetcher and the client index rows by these names; the twins must agree."""
+    pure, compiled = both
+    assert compiled.decode.LEASED_COLUMNS == pure.decode.LEASED_COLUMNS
+    assert compiled.decode.STORED_COLUMNS == pure.decode.STORED_COLUMNS
+    assert pure.decode.STORED_COLUMNS[3:] == COLUMNS[3:]
+
+
 def test_decodes_every_column(twin: Twin) -> None:
     run_at = datetime(2026, 1, 1, tzinfo=timezone.utc)
     row = make_row(
