@@ -54,6 +54,10 @@ class ConfigError(KongtaskError):
     """Configuration is missing or contradictory."""
 
 
+class InstallIncomplete(KongtaskError, FileNotFoundError):
+    """A file kongtask ships (its SQL) is not where the install put it."""
+
+
 class TaskLoadError(KongtaskError):
     """A task module or directory could not be loaded."""
 

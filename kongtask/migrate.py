@@ -20,7 +20,7 @@ from pathlib import Path
 import asyncpg
 
 from .db import quote_ident
-from .errors import SchemaTooNew, SchemaTooOld
+from .errors import InstallIncomplete, SchemaTooNew, SchemaTooOld
 
 #: The newest graphile-worker migration whose schema kongtask reproduces.
 LATEST_MIGRATION = 19
@@ -72,7 +72,7 @@ def read_sql(filename: str) -> str:
         if path.is_file():
             return path.read_text("utf-8")
     tried = ", ".join(str(folder / filename) for folder in SQL_DIRS)
-    raise FileNotFoundError(
+    raise InstallIncomplete(
         f"kongtask's SQL file {filename!r} is missing (looked in: {tried}); the install is "
         "incomplete: reinstall kongtask, or in a source checkout restore the top-level sql/"
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+import kongtask.cli
 import kongtask.migrate
 from kongtask import SchemaTooNew, SchemaTooOld, WorkerUtils
 from kongtask.db import quote_ident
@@ -19,6 +20,8 @@ from kongtask.migrate import (
     migrate,
     read_sql,
 )
+
+from .conftest import new_schema_name
 
 
 async def test_migrate_is_idempotent(database_url: str, schema: str) -> None:
@@ -122,6 +125,21 @@ def test_missing_sql_names_every_path_tried(
         read_sql("schema_0_17.sql")
     for folder in folders:
         assert str(folder / "schema_0_17.sql") in str(info.value)
+
+
+def test_cli_reports_missing_sql_in_one_line(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    database_url: str,
+) -> None:
+    """An incomplete install is an error message and exit status 1, not a traceback."""
+    monkeypatch.setattr(kongtask.migrate, "SQL_DIRS", (tmp_path / "nowhere",))
+    code = kongtask.cli.main(["migrate", "-c", database_url, "-s", new_schema_name()])
+    assert code == 1
+    assert "schema_0_17.sql' is missing" in caplog.text
+    assert "Traceback" not in capsys.readouterr().err
 
 
 def test_every_sql_file_migrate_uses_is_found() -> None:
