@@ -435,7 +435,10 @@ class Fetcher:
                     next_due = await conn.fetchval(self._q.next_run_at, self._task_ids)
         except BaseException:
             if claiming:
+                # The claim may have committed unseen (reclaim what we hold but
+                # never got), or not at all: its jobs are still due either way.
                 self._need_reclaim = True
+                self._claimable_due = True
             if lease is not None and not armed:
                 keeper.abandon(lease)
                 owned_by_lease = False

@@ -238,6 +238,37 @@ async def test_run_once_runs_every_job_of_a_named_queue(
     assert await conn.fetchval(f"select count(*) from {s}._private_jobs") == 0
 
 
+async def test_failed_claim_of_a_named_queue_is_tried_again(
+    database_url: str, utils: WorkerUtils, conn: asyncpg.Connection
+) -> None:
+    """A claim that fails (here: a trigger raising on the first queue lock, as a
+    lost connection would) must not forget that queued jobs are due: run_once
+    would otherwise find nothing else, call the queue drained and return."""
+    s = quote_ident(utils.schema)
+    # A sequence, because nextval survives the rollback of the failed claim.
+    await conn.execute(
+        f"""
+        create sequence {s}.claim_attempts;
+        create function {s}.fail_first_claim() returns trigger language plpgsql as $$
+        begin
+          if new.locked_by is not null and nextval('{s}.claim_attempts') = 1 then
+            raise exception 'injected failure of the first queue claim';
+          end if;
+          return new;
+        end $$;
+        create trigger fail_first_claim before update on {s}._private_job_queues
+          for each row execute function {s}.fail_first_claim();
+        """
+    )
+    await utils.add_jobs([JobSpec("r", {"i": i}, queue_name="q") for i in range(3)])
+    rec = Recorder()
+    tasks = {"r": _async_record(rec)}
+    assert await kongtask.run_once(database_url, tasks, schema=utils.schema) == 0
+    assert await conn.fetchval(f"select last_value from {s}.claim_attempts") > 1
+    assert [c["i"] for c in rec.calls] == [0, 1, 2]
+    assert await conn.fetchval(f"select count(*) from {s}._private_jobs") == 0
+
+
 async def test_forbidden_flags_list_and_callable(database_url: str, utils: WorkerUtils) -> None:
     await utils.add_job("f", {"n": "plain"})
     await utils.add_job("f", {"n": "red"}, flags=["red"])
