@@ -1,6 +1,8 @@
 """The fetch pipelines: when to fetch, how many jobs, and from which statement.
 
-Two pipelines run this loop, each with a fetch connection of its own. One
+Two pipelines run this loop (one for a pool of concurrency 1, which then
+runs its jobs in strict order: ``pipelines_for``), each with a fetch
+connection of its own. One
 fetch is in flight at a time, started before the local queue runs dry so the
 next batch is locked while the last one runs; the second pipeline fetches
 alongside only while slots wait for jobs (two concurrent fetches walk past
@@ -47,6 +49,18 @@ _DB_ERRORS = (
 )
 #: Concurrent fetch statements per pool.
 PIPELINES = 2
+
+
+def pipelines_for(concurrency: int) -> int:
+    """One fetch at a time for a pool that runs one job at a time.
+
+    Two fetches in flight lock neighbouring jobs and may return in either
+    order, so a single slot could start a later job first; with one slot,
+    strict (priority, run_at, id) order is what a user expects (as from
+    graphile-worker), and a second fetch would gain it nothing but a
+    prefetch the first already does.
+    """
+    return 1 if concurrency == 1 else PIPELINES
 #: Seconds a lease fetch may resume after its own last job before it scans
 #: the due jobs from the top again (which finds anything it stepped over).
 RESCAN_AFTER = 0.5
@@ -130,6 +144,7 @@ class Fetcher:
         self._once = once
         self._on_drained = on_drained
         self._lease_time = options.lease_time
+        self.pipelines = pipelines_for(options.concurrency)
         self._sizer = BatchSizer(options.concurrency, options.max_batch)
         self._sql = {
             (kind, flags): getattr(queries, kind)(with_flags=flags)
@@ -175,7 +190,7 @@ class Fetcher:
 
     def request_fetch(self) -> None:
         """The dispatcher's local queue runs low, or a slot is waiting."""
-        if self._active < PIPELINES:
+        if self._active < self.pipelines:
             self.wakeup.set()
 
     def on_insert(self, count: int) -> None:
@@ -250,7 +265,7 @@ class Fetcher:
         """A pipeline is free and less than a batch is queued or on its way."""
         dispatcher = self._dispatcher
         return (
-            self._active < PIPELINES
+            self._active < self.pipelines
             and dispatcher.queued() + self._inflight <= dispatcher.low_water
         )
 

@@ -36,7 +36,7 @@ from .crontab import as_cron_items
 from .db import create_pool, mask_dsn, resolve_dsn
 from .errors import ConfigError, SchemaTooNew
 from .events import EventEmitter
-from .fetcher import PIPELINES, Fetcher
+from .fetcher import Fetcher, pipelines_for
 from .helpers import HelperContext
 from .housekeeping import heartbeat_args, heartbeat_loop, poll_loop
 from .leases import LeaseKeeper
@@ -192,7 +192,9 @@ class Runner:
         self.events.emit("pool:create", {"worker_id": self.worker_id, "runner": self})
         assert self._fetcher is not None and self._pool is not None
         self._slots = [loop.create_task(self._dispatcher.slot()) for _ in range(opts.concurrency)]
-        self._fetch_tasks = [loop.create_task(self._fetcher.run()) for _ in range(PIPELINES)]
+        self._fetch_tasks = [
+            loop.create_task(self._fetcher.run()) for _ in range(self._fetcher.pipelines)
+        ]
         if not self._once:
             self._background.append(
                 loop.create_task(
@@ -244,6 +246,7 @@ class Runner:
             max_batch=opts.complete_batch_size,
             on_flushed=self._on_flushed,
         )
+        pipelines = pipelines_for(opts.concurrency)
         self._keeper = LeaseKeeper(
             pool,
             self.queries,
@@ -251,7 +254,7 @@ class Runner:
             lease_time=opts.lease_time,
             # Two pipelines, each with its next batch in flight while up to two
             # earlier leases of it finish; never more than the pool can spare.
-            max_connections=max(2, min(2 * PIPELINES, pool.get_max_size() - 2)),
+            max_connections=max(2, min(2 * pipelines, pool.get_max_size() - 2)),
             completer=self._completer,
             on_settled=self._on_settled,
             log=self.log,
