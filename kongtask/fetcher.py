@@ -166,6 +166,7 @@ class Fetcher:
         self._changed = True  # something may have moved the earliest future run_at
         self._claimable_due = True  # a keyed or queued job may be runnable
         self._need_reclaim = False  # a claim failed: we may hold jobs we never received
+        self._deferred = False  # a wake-up came while a fetch was in flight: pass it on
         self._run_at_timer: asyncio.TimerHandle | None = None
         # Where the next lease fetch may start: after the last job this pool
         # leased (priority, run_at, id). What lies before it is held by this
@@ -286,16 +287,12 @@ class Fetcher:
             dispatcher.low_water = batch
             # Up to one batch queued locally plus one per pipeline in flight.
             room = 2 * batch - queued - self._inflight + dispatcher.idle_slots()
-            if room <= 0 or (self._active and room < max(1, batch // 5)):
-                continue
-            if self._active and not dispatcher.idle_slots():
-                # A second fetch in flight only while slots starve: otherwise it
-                # walks past the rows the first one is locking (server CPU spent
-                # on skipped rows) for no gain in throughput.
-                continue
-            if self._need_reclaim and self._active:
-                # The reclaim gives back every job claimed by this worker that we
-                # do not hold; a fetch in flight holds some we have not seen yet.
+            if room <= 0 or (self._active and self._second_fetch_waits(room, batch)):
+                # Put off, not dropped: a fetch in flight may have started before
+                # what woke us (a freed queue, new jobs), so the wake-up is passed
+                # on when it ends. (With none in flight, the local queue is full:
+                # a slot that finds it empty asks for the next fetch.)
+                self._deferred = self._deferred or self._active > 0
                 continue
             wanted = min(room, batch)
             self._active += 1
@@ -318,6 +315,12 @@ class Fetcher:
                 continue
             self._active -= 1
             self._inflight -= wanted
+            if self._deferred and not self._active:
+                # The last fetch in flight passes on what was put off (passing
+                # it on to a fetch still running would only have the two
+                # pipelines defer to each other forever).
+                self._deferred = False
+                self.wakeup.set()
             if self._need_reclaim:
                 self.wakeup.set()  # the other pipeline waits to reclaim alone
             if failing:
@@ -333,6 +336,19 @@ class Fetcher:
             elif self._more and self._want_prefetch():
                 self.wakeup.set()
 
+    def _second_fetch_waits(self, room: int, batch: int) -> bool:
+        """Whether a fetch should wait for the one in flight instead of joining it."""
+        if room < max(1, batch // 5):
+            return True  # the fetch in flight brings nearly all there is room for
+        if not self._dispatcher.idle_slots():
+            # A second fetch in flight only while slots starve: otherwise it
+            # walks past the rows the first one is locking (server CPU spent on
+            # skipped rows) for no gain in throughput.
+            return True
+        # The reclaim gives back every job claimed by this worker that we do
+        # not hold; a fetch in flight holds some we have not seen yet.
+        return self._need_reclaim
+
     def _check_drained(self, written: int) -> None:
         """run_once: stop when nothing is due, in hand or being written.
 
@@ -341,9 +357,14 @@ class Fetcher:
         result was written came back empty.
         """
         dispatcher = self._dispatcher
+        if self._active:
+            # The other pipeline's fetch decides, whatever it brings: its jobs
+            # may all be run and written before it ends, and then nothing
+            # else would wake us.
+            self._deferred = True
+            return
         busy = (
-            self._active
-            or dispatcher.running
+            dispatcher.running
             or dispatcher.queued()
             or not self._completer.idle
             or self._keeper.pending()

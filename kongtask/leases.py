@@ -304,8 +304,9 @@ class LeaseKeeper:
             await asyncio.gather(*list(self._settling), return_exceptions=True)
 
     def pending(self) -> bool:
-        """Whether any lease is open or settling."""
-        return bool(self.open or self._settling)
+        """Whether any lease is open or settling (a settle that has just ended
+        is not: its task leaves ``_settling`` only in a later loop turn)."""
+        return bool(self.open) or any(not task.done() for task in self._settling)
 
     async def close(self) -> None:
         """Release every fetch connection (after settle_all)."""
