@@ -2,11 +2,13 @@
 
 Two pipelines run this loop (one for a pool of concurrency 1, which then
 runs its jobs in strict order: ``pipelines_for``), each with a fetch
-connection of its own. One
-fetch is in flight at a time, started before the local queue runs dry so the
-next batch is locked while the last one runs; the second pipeline fetches
-alongside only while slots wait for jobs (two concurrent fetches walk past
-each other's locked rows, which costs the server CPU for nothing otherwise).
+connection of its own. One fetch is in flight at a time, started before the
+local queue runs dry so the next batch is locked while the last one runs;
+the second pipeline fetches alongside only while slots wait for jobs (two
+concurrent fetches walk past each other's locked rows, which costs the
+server CPU for nothing otherwise). A wake-up that a pipeline declines for
+that reason is put off, never dropped: the last fetch in flight to end
+passes it on, because that fetch may have started before whatever woke us.
 One fetch cycle is:
 
 1. if a job with a named queue or a job key may be due: claim such jobs
