@@ -52,17 +52,6 @@ _DB_ERRORS = (
 #: Concurrent fetch statements per pool.
 PIPELINES = 2
 
-
-def pipelines_for(concurrency: int) -> int:
-    """One fetch at a time for a pool that runs one job at a time.
-
-    Two fetches in flight lock neighbouring jobs and may return in either
-    order, so a single slot could start a later job first; with one slot,
-    strict (priority, run_at, id) order is what a user expects (as from
-    graphile-worker), and a second fetch would gain it nothing but a
-    prefetch the first already does.
-    """
-    return 1 if concurrency == 1 else PIPELINES
 #: Seconds a lease fetch may resume after its own last job before it scans
 #: the due jobs from the top again (which finds anything it stepped over).
 RESCAN_AFTER = 0.5
@@ -75,6 +64,18 @@ _RESUME_KEY = operator.itemgetter(
     *(decode.LEASED_COLUMNS.index(name) for name in ("priority", "run_at", "id"))
 )
 _PG_EPOCH = 946_684_800  # 2000-01-01 UTC, PostgreSQL's epoch, in Unix seconds
+
+
+def pipelines_for(concurrency: int) -> int:
+    """One fetch at a time for a pool that runs one job at a time.
+
+    Two fetches in flight lock neighbouring jobs and may return in either
+    order, so a single slot could start a later job first; with one slot,
+    strict (priority, run_at, id) order is what a user expects (as from
+    graphile-worker), and a second fetch would gain it nothing but a
+    prefetch the first already does.
+    """
+    return 1 if concurrency == 1 else PIPELINES
 
 
 def _pg_now() -> int:
@@ -133,6 +134,7 @@ class Fetcher:
         log: logging.Logger,
         once: bool,
         on_drained: Callable[[], None],
+        pipelines: int,
     ) -> None:
         self._q = queries
         self._worker_id = worker_id
@@ -146,7 +148,7 @@ class Fetcher:
         self._once = once
         self._on_drained = on_drained
         self._lease_time = options.lease_time
-        self.pipelines = pipelines_for(options.concurrency)
+        self.pipelines = pipelines  # fetch loops the pool runs (pipelines_for)
         self._sizer = BatchSizer(options.concurrency, options.max_batch)
         self._sql = {
             (kind, flags): getattr(queries, kind)(with_flags=flags)

@@ -298,6 +298,7 @@ class Runner:
             log=self.log,
             once=self._once,
             on_drained=self._on_drained,
+            pipelines=pipelines,
         )
         self._fetcher.set_tasks(task_ids, task_names)
 

@@ -238,26 +238,6 @@ async def test_run_once_runs_every_job_of_a_named_queue(
     assert await conn.fetchval(f"select count(*) from {s}._private_jobs") == 0
 
 
-async def test_run_once_drains_named_queue_and_plain_jobs_every_time(
-    database_url: str, utils: WorkerUtils, conn: asyncpg.Connection
-) -> None:
-    """Repeated drains of a serial queue beside plain jobs: a named queue's next
-    job depends on a wake-up after each result is written, and one that arrived
-    while the other pipeline's fetch was in flight used to be dropped, leaving
-    run_once waiting forever (seen once in 150 to 200 drains of 50 + 50 jobs in
-    a stress run; this test is a net for that race, not a proof)."""
-    s = quote_ident(utils.schema)
-    for drain in range(20):
-        await utils.add_jobs([JobSpec("r", {"i": i}, queue_name="q") for i in range(30)])
-        await utils.add_jobs([JobSpec("r", {"i": 100 + i}) for i in range(30)])
-        rec = Recorder()
-        tasks = {"r": _async_record(rec)}
-        done = kongtask.run_once(database_url, tasks, schema=utils.schema)
-        assert await asyncio.wait_for(done, 30) == 0, f"drain {drain}"
-        assert len(rec.calls) == 60, f"drain {drain}"
-        assert await conn.fetchval(f"select count(*) from {s}._private_jobs") == 0
-
-
 async def test_failed_claim_of_a_named_queue_is_tried_again(
     database_url: str, utils: WorkerUtils, conn: asyncpg.Connection
 ) -> None:
