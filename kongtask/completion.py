@@ -129,9 +129,7 @@ class Completer:
     async def _write(self, done: list[int], failed: list[FailEntry]) -> None:
         conn = await self._conn.get()
         if done:
-            await conn.execute(
-                self._q.complete_batch, dispatch.ids_literal(done), self._worker_id
-            )
+            await conn.execute(self._q.complete_batch, dispatch.ids_literal(done), self._worker_id)
         if failed:
             ids = dispatch.ids_literal([entry[0] for entry in failed])
             messages = [entry[1] for entry in failed]

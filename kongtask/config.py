@@ -20,4 +20,3 @@ def resolve_schema(schema: str | None = None) -> str:
         or os.environ.get("GRAPHILE_WORKER_SCHEMA")
         or DEFAULT_SCHEMA
     )
-

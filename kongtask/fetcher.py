@@ -286,8 +286,9 @@ class Fetcher:
             if self.stopping:
                 return
             queued = dispatcher.queued()
-            batch = self._sizer.size(dispatcher.started, len(dispatcher.running), queued,
-                                     loop.time())
+            batch = self._sizer.size(
+                dispatcher.started, len(dispatcher.running), queued, loop.time()
+            )
             dispatcher.low_water = batch
             # Up to one batch queued locally plus one per pipeline in flight.
             room = 2 * batch - queued - self._inflight + dispatcher.idle_slots()

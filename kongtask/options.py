@@ -23,6 +23,8 @@ DEFAULT_LOCAL_QUEUE_SIZE = 1000
 #: Fewest connections a pool can work with: two fetch connections, the result
 #: writer, and one for heartbeats and helpers.
 MIN_POOL_SIZE = 4
+
+
 def check_pool_size(what: str, size: int) -> None:
     """Refuse a pool too small for a worker, naming which setting it came from."""
     if size < MIN_POOL_SIZE:

@@ -219,7 +219,12 @@ from {s}._private_job_queues as q where q.id = any($2::text::int[])"""
         return f"and (jobs.flags ?| ${param}::text[]) is not true" if with_flags else ""
 
     def _plain_candidates(
-        self, with_flags: bool, columns: str, tasks: int, limit: int, flags: int,
+        self,
+        with_flags: bool,
+        columns: str,
+        tasks: int,
+        limit: int,
+        flags: int,
         after: int | None = None,
     ) -> str:
         if after is None:

@@ -232,8 +232,9 @@ class Runner:
         self.ready.set()
         return self
 
-    def _wire(self, loop: asyncio.AbstractEventLoop, task_ids: list[int],
-              task_names: list[str]) -> None:
+    def _wire(
+        self, loop: asyncio.AbstractEventLoop, task_ids: list[int], task_names: list[str]
+    ) -> None:
         """Build the completer, the lease keeper, the dispatcher and the fetcher."""
         opts = self.options
         pool = self._pool

@@ -65,8 +65,14 @@ def bench_run(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> di
     files = sorted(out.glob("bench-*.json"))
     assert len(files) == 1, f"expected one results file in {out}, found {files}"
     document = orjson.loads(files[0].read_bytes())
-    return {"code": code, "doc": document, "dir": out, "compare": compare,
-            "database_url": database_url, "server_local": _server_is_local(database_url)}
+    return {
+        "code": code,
+        "doc": document,
+        "dir": out,
+        "compare": compare,
+        "database_url": database_url,
+        "server_local": _server_is_local(database_url),
+    }
 
 
 def _server_is_local(database_url: str) -> bool:
@@ -182,8 +188,9 @@ def test_drain_from_spawn_runs_every_job_once(bench_run: dict[str, Any]) -> None
         (r,) = _rounds(doc, SPAWN_KEY, engine)
         # The CLI as a user runs it: no tuning flag, so kongtask's defaults are measured.
         assert r["command"][1:4] == ["-m", "kongtask", "run"]
-        assert not any(a.startswith(("--local-queue", "--complete-batch", "--max-pool"))
-                       for a in r["command"])
+        assert not any(
+            a.startswith(("--local-queue", "--complete-batch", "--max-pool")) for a in r["command"]
+        )
         assert r["impl"] == doc["engines"][engine]["implementation"]
     assert doc["ratios"][f"{SPAWN_KEY}.jobs_per_sec"]
 
@@ -279,18 +286,27 @@ def test_percentile_matches_numpy_linear() -> None:
     assert percentile(values, 0.5) == 2.5
     assert percentile(values, 0.99) == pytest.approx(3.97)
     assert percentile([], 0.5) is None
-    assert summarize([3.0, 1.0, 2.0]) == {"min": 1.0, "p50": 2.0, "p95": 2.9, "p99": 2.98,
-                                          "max": 3.0}
+    assert summarize([3.0, 1.0, 2.0]) == {
+        "min": 1.0,
+        "p50": 2.0,
+        "p95": 2.9,
+        "p99": 2.98,
+        "max": 3.0,
+    }
 
 
 def test_dsn_handling_keeps_password_off_command_lines() -> None:
     dsn, password = split_password("postgresql://u:s%40cret@h:5432/db?sslmode=require")
     assert (dsn, password) == ("postgresql://u@h:5432/db?sslmode=require", "s@cret")
     assert split_password("postgresql://u@h/db") == ("postgresql://u@h/db", None)
-    assert with_database("postgresql://u@h:5432/app?dbname=x&sslmode=require", "kongtask_bench") \
+    assert (
+        with_database("postgresql://u@h:5432/app?dbname=x&sslmode=require", "kongtask_bench")
         == "postgresql://u@h:5432/kongtask_bench?sslmode=require"
-    assert with_database("postgresql://postgres:@/postgres?host=/tmp/s", "b") \
+    )
+    assert (
+        with_database("postgresql://postgres:@/postgres?host=/tmp/s", "b")
         == "postgresql://postgres:@/b?host=/tmp/s"
+    )
     assert split_password("postgresql://u@h/db?password=x&a=1") == ("postgresql://u@h/db?a=1", "x")
 
 
@@ -331,8 +347,12 @@ def test_outside_script_drains_the_queue_and_reports_cpu(bench_run: dict[str, An
     """bench/outside/spawn_to_empty.sh (bash, psql, /proc, date) on kongtask's CLI."""
     root = source_root()
     script = root / "bench" / "outside" / "spawn_to_empty.sh" if root else None
-    if script is None or not script.is_file() or shutil.which("psql") is None \
-            or shutil.which("bash") is None:
+    if (
+        script is None
+        or not script.is_file()
+        or shutil.which("psql") is None
+        or shutil.which("bash") is None
+    ):
         pytest.skip("needs the source tree, bash and psql")
     bench_dsn = with_database(bench_run["database_url"], BENCH_DB)
     dsn, password = split_password(bench_dsn)  # the password goes in PGPASSWORD
@@ -353,17 +373,47 @@ def test_outside_script_drains_the_queue_and_reports_cpu(bench_run: dict[str, An
     asyncio.run(migrate())
     try:
         done = subprocess.run(
-            ["bash", str(script), "-d", dsn, "-s", schema, "-n", "2000", "-t", "120", "--",
-             sys.executable, "-m", "kongtask", "run", "-c", dsn, "--schema", schema,
-             "--tasks", "kongtask.benchmark.noop_tasks", "-j", "24"],
-            capture_output=True, text=True, timeout=180, env=env, check=False,
+            [
+                "bash",
+                str(script),
+                "-d",
+                dsn,
+                "-s",
+                schema,
+                "-n",
+                "2000",
+                "-t",
+                "120",
+                "--",
+                sys.executable,
+                "-m",
+                "kongtask",
+                "run",
+                "-c",
+                dsn,
+                "--schema",
+                schema,
+                "--tasks",
+                "kongtask.benchmark.noop_tasks",
+                "-j",
+                "24",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env=env,
+            check=False,
         )
     finally:
         asyncio.run(drop())
     assert done.returncode == 0, done.stderr[-2000:]
     result = orjson.loads(done.stdout.strip().splitlines()[-1])
-    assert (result["jobs"], result["remaining"], result["locked"], result["exit_code"]) \
-        == (2000, 0, 0, 0)
+    assert (result["jobs"], result["remaining"], result["locked"], result["exit_code"]) == (
+        2000,
+        0,
+        0,
+        0,
+    )
     assert result["worker_cpu_us_per_job"] > 0
 
 

@@ -141,15 +141,20 @@ async def test_add_jobs_returns_the_stored_timestamps(utils: WorkerUtils) -> Non
     later = datetime(2031, 5, 1, tzinfo=timezone.utc)
     await utils.add_jobs([JobSpec("t", {"n": 0}, job_key="k")])
     jobs = await utils.add_jobs(
-        [JobSpec("t", {"n": 1}), JobSpec("t", {"n": 2}, run_at=later),
-         JobSpec("t", {"n": 3}, job_key="k", run_at=later)]
+        [
+            JobSpec("t", {"n": 1}),
+            JobSpec("t", {"n": 2}, run_at=later),
+            JobSpec("t", {"n": 3}, job_key="k", run_at=later),
+        ]
     )
     stored = {job.id: job for job in await utils.get_jobs([job.id for job in jobs])}
     assert len(stored) == 3
     for job in jobs:
         row = stored[job.id]
         assert (job.run_at, job.created_at, job.updated_at) == (
-            row.run_at, row.created_at, row.updated_at
+            row.run_at,
+            row.created_at,
+            row.updated_at,
         )
     by_n = {job.payload["n"]: job for job in jobs}
     assert by_n[2].run_at == later != by_n[2].created_at

@@ -40,23 +40,54 @@ def _fetcher(*, once: bool, on_drained: Any = None) -> tuple[ScriptedFetcher, An
     options = WorkerOptions(concurrency=4)
     queries = Queries("unused")
     log = logging.getLogger("kongtask.test")
-    completer = Completer(None, queries, "w", delay=0, max_batch=10,  # type: ignore[arg-type]
-                          on_flushed=lambda: None)
-    keeper = LeaseKeeper(None, queries, "w", lease_time=1.0,  # type: ignore[arg-type]
-                         max_connections=2, completer=completer, on_settled=lambda: None,
-                         log=log, session_settings=False)
+    completer = Completer(
+        None,
+        queries,
+        "w",
+        delay=0,
+        max_batch=10,  # type: ignore[arg-type]
+        on_flushed=lambda: None,
+    )
+    keeper = LeaseKeeper(
+        None,
+        queries,
+        "w",
+        lease_time=1.0,  # type: ignore[arg-type]
+        max_connections=2,
+        completer=completer,
+        on_settled=lambda: None,
+        log=log,
+        session_settings=False,
+    )
     holder: dict[str, Any] = {}
     dispatcher = dispatch.Dispatcher(
-        tasks={}, listeners={}, emit=lambda name, event: None, completer=completer,
-        helper_context=None, run_sync=None, with_timeout=None, on_failure=None,
-        batch_outcome=None, on_replacement=None,
+        tasks={},
+        listeners={},
+        emit=lambda name, event: None,
+        completer=completer,
+        helper_context=None,
+        run_sync=None,
+        with_timeout=None,
+        on_failure=None,
+        batch_outcome=None,
+        on_replacement=None,
         request_fetch=lambda: holder["fetcher"].request_fetch(),
-        worker_id="w", low_water=4,
+        worker_id="w",
+        low_water=4,
     )
     fetcher = ScriptedFetcher(
-        queries=queries, worker_id="w", dispatcher=dispatcher, keeper=keeper,
-        completer=completer, pool=None, options=options, events=EventEmitter(), log=log,
-        once=once, on_drained=on_drained or (lambda: None), pipelines=2,
+        queries=queries,
+        worker_id="w",
+        dispatcher=dispatcher,
+        keeper=keeper,
+        completer=completer,
+        pool=None,
+        options=options,
+        events=EventEmitter(),
+        log=log,
+        once=once,
+        on_drained=on_drained or (lambda: None),
+        pipelines=2,
     )
     holder["fetcher"] = fetcher
     return fetcher, dispatcher

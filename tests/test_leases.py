@@ -238,8 +238,15 @@ async def test_sigkilled_worker_frees_its_leased_jobs_at_once(
     (tmp_path / "slow_tasks.py").write_text(SLOW_TASKS)
     job = await utils.add_job("slow", {})
     proc = await spawn_kongtask(
-        "run", "-c", database_url, "-s", utils.schema, "--tasks",
-        str(tmp_path / "slow_tasks.py"), "--lease-time", "60000",
+        "run",
+        "-c",
+        database_url,
+        "-s",
+        utils.schema,
+        "--tasks",
+        str(tmp_path / "slow_tasks.py"),
+        "--lease-time",
+        "60000",
         stderr=asyncio.subprocess.DEVNULL,
     )
     assert proc.stdout is not None
@@ -248,6 +255,7 @@ async def test_sigkilled_worker_frees_its_leased_jobs_at_once(
     assert await _visible_to_a_skip_locked_fetch(conn, utils.schema) == []
     proc.kill()
     await proc.wait()
+
     # The server notices the closed connection and rolls the lease back: the job
     # is free for the next fetcher without heartbeats or the 4-hour sweep.
     async def free_again() -> bool:
@@ -351,12 +359,14 @@ async def test_jobs_stepped_over_while_locked_elsewhere_still_run(
         # Another client holds the first 50 jobs while the pool drains the rest.
         tx = blocker.transaction()
         await tx.start()
-        await blocker.execute(
-            f"select id from {s}._private_jobs order by id limit 50 for update"
-        )
+        await blocker.execute(f"select id from {s}._private_jobs order by id limit 50 for update")
         runner = await kongtask.run(
-            database_url, {"r": record}, schema=utils.schema, concurrency=8,
-            local_queue_size=200, poll_interval=0.3,
+            database_url,
+            {"r": record},
+            schema=utils.schema,
+            concurrency=8,
+            local_queue_size=200,
+            poll_interval=0.3,
         )
         try:
             await asyncio.wait_for(all_free_seen.wait(), 20)

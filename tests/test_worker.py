@@ -68,9 +68,7 @@ class Recorder:
         await asyncio.wait_for(loop(), timeout)
 
 
-async def test_runs_in_priority_then_run_at_order(
-    database_url: str, utils: WorkerUtils
-) -> None:
+async def test_runs_in_priority_then_run_at_order(database_url: str, utils: WorkerUtils) -> None:
     now = datetime.now(timezone.utc)
     await utils.add_job("order", {"n": "late-run_at"}, run_at=now - timedelta(seconds=1))
     await utils.add_job("order", {"n": "early-run_at"}, run_at=now - timedelta(seconds=10))

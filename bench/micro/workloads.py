@@ -98,8 +98,21 @@ def leased_rows(n: int = 1000) -> list[Any]:
     """n rows as the lease statement returns them (decode.LEASED_COLUMNS), as Records:
     timestamps as PostgreSQL microseconds, the fetch connections' codec."""
     plain = [
-        (i, 1, orjson.dumps(small_payload(i)).decode(), 0, 849_601_018_820_154 + i, 1, 25,
-         None, 849_601_018_820_154, 849_601_018_820_154, 0, None, f"({i // 100},{i % 100 + 1})")
+        (
+            i,
+            1,
+            orjson.dumps(small_payload(i)).decode(),
+            0,
+            849_601_018_820_154 + i,
+            1,
+            25,
+            None,
+            849_601_018_820_154,
+            849_601_018_820_154,
+            0,
+            None,
+            f"({i // 100},{i % 100 + 1})",
+        )
         for i in range(n)
     ]
     try:

@@ -487,9 +487,7 @@ STORED_COLUMNS: tuple[str, ...] = (
 )
 
 
-def decode_stored(
-    rows: Any, task_names: dict[int, str], queue_names: dict[int, str]
-) -> list[Job]:
+def decode_stored(rows: Any, task_names: dict[int, str], queue_names: dict[int, str]) -> list[Job]:
     """Decodes rows in ``STORED_COLUMNS`` order; ids are named from the two maps.
 
     A null ``created_at`` means "as ``run_at``", a null ``updated_at`` "as
@@ -502,8 +500,19 @@ def decode_stored(
             if len(row) != _NCOLUMNS:
                 raise ValueError
             (
-                id_, queue_id, task_id, payload, priority, run_at, attempts, max_attempts,
-                last_error, created_at, updated_at, *rest, flags,
+                id_,
+                queue_id,
+                task_id,
+                payload,
+                priority,
+                run_at,
+                attempts,
+                max_attempts,
+                last_error,
+                created_at,
+                updated_at,
+                *rest,
+                flags,
             ) = row
         except (TypeError, ValueError):
             raise ValueError(
@@ -517,7 +526,21 @@ def decode_stored(
         if updated_at is None:
             updated_at = created_at
         append(
-            Job(id_, queue_name, task_identifier, payload, priority, run_at, attempts,
-                max_attempts, last_error, created_at, updated_at, *rest, flags, error)
+            Job(
+                id_,
+                queue_name,
+                task_identifier,
+                payload,
+                priority,
+                run_at,
+                attempts,
+                max_attempts,
+                last_error,
+                created_at,
+                updated_at,
+                *rest,
+                flags,
+                error,
+            )
         )
     return out

@@ -69,8 +69,18 @@ class Lease:
     to the completer, because those jobs are claimed by then.
     """
 
-    __slots__ = ("_on_finished", "conn", "ctids", "done", "dropped", "failed", "jobs", "open",
-                 "timer", "unfinished")
+    __slots__ = (
+        "_on_finished",
+        "conn",
+        "ctids",
+        "done",
+        "dropped",
+        "failed",
+        "jobs",
+        "open",
+        "timer",
+        "unfinished",
+    )
 
     def __init__(self, jobs: list[Any], on_finished: Callable[[Lease], None]) -> None:
         self.jobs = jobs

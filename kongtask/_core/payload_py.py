@@ -396,8 +396,15 @@ def _check_spec(
 ) -> None:
     """Every field rule of ``specs[index]`` (a spec has no job_key_mode of its own)."""
     _check_fields(
-        f"specs[{index}].", identifier, queue_name, run_at, max_attempts, job_key, None,
-        priority, flags,
+        f"specs[{index}].",
+        identifier,
+        queue_name,
+        run_at,
+        max_attempts,
+        job_key,
+        None,
+        priority,
+        flags,
     )
 
 

@@ -39,7 +39,7 @@ def _stat(pid: int) -> list[str] | None:
             text = fh.read().decode("ascii", "replace")
     except OSError:
         return None
-    return text[text.rfind(")") + 2:].split()
+    return text[text.rfind(")") + 2 :].split()
 
 
 def _ticks(fields: list[str], *, reaped_children: bool) -> int:
@@ -120,14 +120,20 @@ class ServerCpu:
         return (ticks + _ticks(fields, reaped_children=True)) / TICKS
 
     def describe(self) -> dict[str, Any]:
-        return {"available": self.available, "postmaster_pid": self.pid,
-                "method": self.method, "reason": self.reason, "tick_s": 1 / TICKS,
-                "what": "postmaster utime+stime+cutime+cstime plus utime+stime of its live "
-                        "children, from /proc"}
+        return {
+            "available": self.available,
+            "postmaster_pid": self.pid,
+            "method": self.method,
+            "reason": self.reason,
+            "tick_s": 1 / TICKS,
+            "what": "postmaster utime+stime+cutime+cstime plus utime+stime of its live "
+            "children, from /proc",
+        }
 
 
-def locate_server(data_directory: str | None, port: int, started: float,
-                  backend_pid: int) -> ServerCpu:
+def locate_server(
+    data_directory: str | None, port: int, started: float, backend_pid: int
+) -> ServerCpu:
     """Find the local postmaster of the server the harness is connected to.
 
     ``data_directory`` (None when this role may not read it), ``port`` and
@@ -149,20 +155,32 @@ def locate_server(data_directory: str | None, port: int, started: float,
             reason = f"cannot read {data_directory}/postmaster.pid: {exc.strerror}"
         else:
             try:
-                pid, folder, stamp, file_port = int(lines[0]), lines[1], int(lines[2]), \
-                    int(lines[3])
+                pid, folder, stamp, file_port = (
+                    int(lines[0]),
+                    lines[1],
+                    int(lines[2]),
+                    int(lines[3]),
+                )
             except (IndexError, ValueError):
                 reason = f"{data_directory}/postmaster.pid is not in the expected format"
             else:
-                if (folder == data_directory and file_port == port
-                        and abs(stamp - started) < 2 and _stat(pid) is not None):
+                if (
+                    folder == data_directory
+                    and file_port == port
+                    and abs(stamp - started) < 2
+                    and _stat(pid) is not None
+                ):
                     return ServerCpu(pid, None, "postmaster.pid")
-                reason = (f"{data_directory}/postmaster.pid here belongs to another server: "
-                          "the one connected to is not on this machine")
+                reason = (
+                    f"{data_directory}/postmaster.pid here belongs to another server: "
+                    "the one connected to is not on this machine"
+                )
     parent = parent_pid(backend_pid)
     if parent is not None:
         born = start_epoch(parent)
         if born is not None and abs(born - started) < START_TOLERANCE_S:
             return ServerCpu(parent, None, "parent of the harness's backend")
-    return ServerCpu(None, f"{reason}; and its backend is not a local process, so the server "
-                           "is not on this machine")
+    return ServerCpu(
+        None,
+        f"{reason}; and its backend is not a local process, so the server is not on this machine",
+    )

@@ -60,8 +60,9 @@ def with_database(dsn: str, database: str) -> str:
 
 def _drop_query_keys(query: str, keys: tuple[str, ...]) -> str:
     """``query`` without ``keys``, other pieces kept byte for byte (no re-encoding)."""
-    kept = [piece for piece in query.split("&")
-            if piece and piece.split("=", 1)[0].lower() not in keys]
+    kept = [
+        piece for piece in query.split("&") if piece and piece.split("=", 1)[0].lower() not in keys
+    ]
     return "&".join(kept)
 
 
@@ -284,8 +285,10 @@ class Admin:
     async def count_locked(self, schema: str) -> int:
         """Jobs and named queues still locked by some worker."""
         s = quote_ident(schema)
-        sql = (f"select (select count(*) from {s}._private_jobs where locked_at is not null)"
-               f" + (select count(*) from {s}._private_job_queues where locked_at is not null)")
+        sql = (
+            f"select (select count(*) from {s}._private_jobs where locked_at is not null)"
+            f" + (select count(*) from {s}._private_job_queues where locked_at is not null)"
+        )
         return int(await self._call("fetchval", sql))
 
     async def backend_pid(self) -> int:
@@ -315,5 +318,9 @@ class Admin:
 
 #: Everything a database step of the harness may raise that should fail that
 #: step only (the server went away, a statement failed, a wait timed out).
-ERRORS: tuple[type[BaseException], ...] = (*_LOST, asyncpg.PostgresError, TimeoutError,
-                                           asyncio.TimeoutError)
+ERRORS: tuple[type[BaseException], ...] = (
+    *_LOST,
+    asyncpg.PostgresError,
+    TimeoutError,
+    asyncio.TimeoutError,
+)

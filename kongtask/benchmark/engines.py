@@ -106,12 +106,18 @@ class Engine:
         }.get(scenario)
         argv = [
             *self.prefix,
-            "--dsn", dsn,
-            "--schema", self.schema,
-            "--scenario", child or scenario,
-            "--concurrency", str(sizes.concurrency),
-            "--poll-interval", str(sizes.poll_interval_ms),
-            "--timeout", str(sizes.timeout_s),
+            "--dsn",
+            dsn,
+            "--schema",
+            self.schema,
+            "--scenario",
+            child or scenario,
+            "--concurrency",
+            str(sizes.concurrency),
+            "--poll-interval",
+            str(sizes.poll_interval_ms),
+            "--timeout",
+            str(sizes.timeout_s),
         ]
         if jobs is not None:
             argv += ["--jobs", str(jobs)]
@@ -133,10 +139,26 @@ class Engine:
         """The worker command of drain-from-spawn: kongtask's CLI with no tuning flag
         (its defaults are what is measured), or ``run_worker.js`` for graphile-worker."""
         if self.kongtask:
-            return [*self.worker, "-c", dsn, "--schema", self.schema, "--tasks", NOOP_TASKS,
-                    "-j", str(concurrency)]
-        return [*self.worker, "--dsn", dsn, "--schema", self.schema,
-                "--concurrency", str(concurrency)]
+            return [
+                *self.worker,
+                "-c",
+                dsn,
+                "--schema",
+                self.schema,
+                "--tasks",
+                NOOP_TASKS,
+                "-j",
+                str(concurrency),
+            ]
+        return [
+            *self.worker,
+            "--dsn",
+            dsn,
+            "--schema",
+            self.schema,
+            "--concurrency",
+            str(concurrency),
+        ]
 
     def child_env(self, password: str | None) -> dict[str, str]:
         env = dict(os.environ)
@@ -174,8 +196,11 @@ def kongtask_engine(name: str, schema: str) -> Engine:
         expect_impl="python" if pure else "cython",
         floors={
             "interpreter": [sys.executable, "-c", "print('READY', flush=True)"],
-            "libraries": [sys.executable, "-c",
-                          "import asyncpg, uvloop, orjson; print('READY', flush=True)"],
+            "libraries": [
+                sys.executable,
+                "-c",
+                "import asyncpg, uvloop, orjson; print('READY', flush=True)",
+            ],
         },
         worker=[sys.executable, "-m", "kongtask", "run"],
     )
@@ -191,8 +216,11 @@ def graphile_worker_engine(schema: str, node: str, bench_dir: Path) -> Engine:
         kongtask=False,
         floors={
             "interpreter": [node, "-e", "process.stdout.write('READY\\n')"],
-            "libraries": [node, "-e",
-                          "require('graphile-worker'); process.stdout.write('READY\\n')"],
+            "libraries": [
+                node,
+                "-e",
+                "require('graphile-worker'); process.stdout.write('READY\\n')",
+            ],
         },
         worker=[node, str(bench_dir / "run_worker.js")],
     )
@@ -227,8 +255,9 @@ class Children:
     result can say how much PostgreSQL CPU its jobs cost.
     """
 
-    def __init__(self, password: str | None, verbose: bool,
-                 server_cpu: ServerCpu | None = None) -> None:
+    def __init__(
+        self, password: str | None, verbose: bool, server_cpu: ServerCpu | None = None
+    ) -> None:
         self.password = password
         self.verbose = verbose
         self.server_cpu = server_cpu or ServerCpu(None, "not located")
@@ -252,16 +281,20 @@ class Children:
         """``proc`` has ended: an interrupted run no longer needs to kill it."""
         self._live.discard(proc)
 
-    def server_cpu_per_job(self, start: float | None, end: float | None,
-                           jobs: int, prefix: str = "") -> dict[str, Any]:
+    def server_cpu_per_job(
+        self, start: float | None, end: float | None, jobs: int, prefix: str = ""
+    ) -> dict[str, Any]:
         """``{prefix}pg_cpu_s`` and ``{prefix}pg_cpu_us_per_job`` of one window (None when
         the server's CPU cannot be read: ``postgres.cpu.reason`` in the JSON says why)."""
         used = None if start is None or end is None else end - start
-        return {f"{prefix}pg_cpu_s": rnd(used, 4),
-                f"{prefix}pg_cpu_us_per_job": per_job_us(used, jobs)}
+        return {
+            f"{prefix}pg_cpu_s": rnd(used, 4),
+            f"{prefix}pg_cpu_us_per_job": per_job_us(used, jobs),
+        }
 
-    async def _answer_windows(self, proc: asyncio.subprocess.Process,
-                              edges: dict[str, dict[str, float | None]]) -> bytes:
+    async def _answer_windows(
+        self, proc: asyncio.subprocess.Process, edges: dict[str, dict[str, float | None]]
+    ) -> bytes:
         """Read the child's stdout; at each ``WINDOW`` line sample the server, answer GO.
 
         Returns the other lines (the result among them).
@@ -291,19 +324,22 @@ class Children:
         self._live.clear()
 
     @staticmethod
-    def check(engine: Engine, proc: asyncio.subprocess.Process, out: bytes,
-               err: IO[bytes] | None) -> dict[str, Any]:
+    def check(
+        engine: Engine, proc: asyncio.subprocess.Process, out: bytes, err: IO[bytes] | None
+    ) -> dict[str, Any]:
         result = _last_json(out)
         if result is None:
-            raise ChildError(f"{engine.label}: no JSON result (exit {proc.returncode})"
-                             + stderr_tail(err))
+            raise ChildError(
+                f"{engine.label}: no JSON result (exit {proc.returncode})" + stderr_tail(err)
+            )
         if proc.returncode != 0 or "error" in result:
-            raise ChildError(f"{engine.label}: {result.get('error') or 'failed'} "
-                             f"(exit {proc.returncode})" + stderr_tail(err))
+            raise ChildError(
+                f"{engine.label}: {result.get('error') or 'failed'} "
+                f"(exit {proc.returncode})" + stderr_tail(err)
+            )
         if engine.expect_impl and result.get("impl") not in (None, engine.expect_impl):
             result.setdefault("warnings", []).append(
-                f"expected the {engine.expect_impl} implementation, child ran "
-                f"{result.get('impl')}"
+                f"expected the {engine.expect_impl} implementation, child ran {result.get('impl')}"
             )
         return result
 
@@ -318,16 +354,18 @@ class Children:
             except asyncio.TimeoutError:
                 proc.kill()
                 await proc.wait()
-                raise ChildError(f"{engine.label}: timed out after {timeout:.0f} s"
-                                 + stderr_tail(err)) from None
+                raise ChildError(
+                    f"{engine.label}: timed out after {timeout:.0f} s" + stderr_tail(err)
+                ) from None
             finally:
                 self.forget(proc)
             result = self.check(engine, proc, out, err)
         for prefix, edge in edges.items():
             jobs = result.get(f"{prefix}jobs", result.get("jobs"))
             if isinstance(jobs, int):
-                result.update(self.server_cpu_per_job(edge.get("start"), edge.get("end"),
-                                                       jobs, prefix))
+                result.update(
+                    self.server_cpu_per_job(edge.get("start"), edge.get("end"), jobs, prefix)
+                )
         return result
 
     async def spawn_to_ready(
@@ -347,8 +385,10 @@ class Children:
                     line = await asyncio.wait_for(proc.stdout.readline(), timeout)
                     if not line:
                         await proc.wait()
-                        raise ChildError(f"{engine.label}: exited before READY "
-                                         f"(exit {proc.returncode})" + stderr_tail(err))
+                        raise ChildError(
+                            f"{engine.label}: exited before READY "
+                            f"(exit {proc.returncode})" + stderr_tail(err)
+                        )
                     if line.startswith(READY.encode()):
                         break
                 spawn_to_ready = (time.perf_counter() - t0) * 1000
@@ -358,8 +398,9 @@ class Children:
             except asyncio.TimeoutError:
                 proc.kill()
                 await proc.wait()
-                raise ChildError(f"{engine.label}: idle pool timed out"
-                                 + stderr_tail(err)) from None
+                raise ChildError(
+                    f"{engine.label}: idle pool timed out" + stderr_tail(err)
+                ) from None
             finally:
                 self.forget(proc)
             result = self.check(engine, proc, out, err)
@@ -383,8 +424,9 @@ class Children:
         finally:
             self.forget(proc)
         if not line.startswith(READY.encode()) or proc.returncode != 0:
-            raise ChildError(f"{engine.label}: floor command failed (exit {proc.returncode}): "
-                             f"{' '.join(argv)}")
+            raise ChildError(
+                f"{engine.label}: floor command failed (exit {proc.returncode}): {' '.join(argv)}"
+            )
         return elapsed
 
     async def processes(
@@ -437,8 +479,9 @@ class Children:
             await asyncio.wait_for(asyncio.gather(*(e.wait() for e in ready_events)), 120)
             for i, reader in enumerate(readers):
                 if reader.done():
-                    raise ChildError(f"{engine.label}: worker {i} exited before READY"
-                                     + stderr_tail(errs[i]))
+                    raise ChildError(
+                        f"{engine.label}: worker {i} exited before READY" + stderr_tail(errs[i])
+                    )
             deadline = loop.time() + sizes.timeout_s
             pg0 = self.server_cpu.sample()
             t0 = time.perf_counter()
@@ -447,14 +490,18 @@ class Children:
                 proc.stdin.write(f"{GO}\n".encode())
             await asyncio.gather(*(p.stdin.drain() for p in procs if p.stdin is not None))
             # Until every job has started, or a worker dies (then there is no point waiting).
-            await asyncio.wait([all_started, *readers], timeout=max(deadline - loop.time(), 0.001),
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                [all_started, *readers],
+                timeout=max(deadline - loop.time(), 0.001),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
             if not all_started.done():
                 dead = [i for i, reader in enumerate(readers) if reader.done()]
                 what = f"worker {dead[0]} exited" if dead else "timed out"
-                raise ChildError(f"{engine.label}: processes scenario: {what} after "
-                                 f"{sum(handled)} of {n} jobs"
-                                 + "".join(stderr_tail(errs[i]) for i in dead))
+                raise ChildError(
+                    f"{engine.label}: processes scenario: {what} after "
+                    f"{sum(handled)} of {n} jobs" + "".join(stderr_tail(errs[i]) for i in dead)
+                )
             await admin.wait_for_empty(engine.schema, deadline, EMPTY_POLL_S)
             seconds = time.perf_counter() - t0
             pg1 = self.server_cpu.sample()
@@ -464,11 +511,14 @@ class Children:
                 proc.stdin.close()
             await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), 60)
             await asyncio.wait_for(asyncio.gather(*readers), 10)
-            results = [self.check(engine, proc, outputs[i], errs[i])
-                       for i, proc in enumerate(procs)]
+            results = [
+                self.check(engine, proc, outputs[i], errs[i]) for i, proc in enumerate(procs)
+            ]
         except asyncio.TimeoutError:
-            raise ChildError(f"{engine.label}: processes scenario timed out"
-                             + "".join(stderr_tail(e) for e in errs)) from None
+            raise ChildError(
+                f"{engine.label}: processes scenario timed out"
+                + "".join(stderr_tail(e) for e in errs)
+            ) from None
         finally:
             for proc in procs:
                 if proc.returncode is None:

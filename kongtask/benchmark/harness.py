@@ -42,20 +42,44 @@ from .engines import (
 
 #: Scenarios in the order they run. ``implementations`` is not run by itself:
 #: it adds the pure engine to the others.
-SCENARIOS = ("enqueue", "drain", "latency", "scheduled", "memory", "startup", "processes",
-             spawn.SCENARIO, "implementations")
+SCENARIOS = (
+    "enqueue",
+    "drain",
+    "latency",
+    "scheduled",
+    "memory",
+    "startup",
+    "processes",
+    spawn.SCENARIO,
+    "implementations",
+)
 ENGINE_SCENARIOS = SCENARIOS[:-1]
 
 FULL = {
-    "enqueue_jobs": 200_000, "drain_jobs": 200_000, "memory_jobs": 200_000,
-    "processes_jobs": 200_000, "latency_samples": 1000, "scheduled_samples": 200,
-    "startup_samples": 5, "spawn_samples": 5, "idle_wait_s": 1.0, "rounds": 2,
+    "enqueue_jobs": 200_000,
+    "drain_jobs": 200_000,
+    "memory_jobs": 200_000,
+    "processes_jobs": 200_000,
+    "latency_samples": 1000,
+    "scheduled_samples": 200,
+    "startup_samples": 5,
+    "spawn_samples": 5,
+    "idle_wait_s": 1.0,
+    "rounds": 2,
     "spawn_jobs": (100_000, 1_000_000),
 }
 QUICK = {
-    "enqueue_jobs": 2000, "drain_jobs": 3000, "memory_jobs": 3000, "processes_jobs": 3000,
-    "latency_samples": 100, "scheduled_samples": 20, "startup_samples": 2,
-    "spawn_samples": 2, "idle_wait_s": 0.5, "rounds": 1, "spawn_jobs": (3000,),
+    "enqueue_jobs": 2000,
+    "drain_jobs": 3000,
+    "memory_jobs": 3000,
+    "processes_jobs": 3000,
+    "latency_samples": 100,
+    "scheduled_samples": 20,
+    "startup_samples": 2,
+    "spawn_samples": 2,
+    "idle_wait_s": 0.5,
+    "rounds": 1,
+    "spawn_jobs": (3000,),
 }
 
 EXIT_OK = 0
@@ -86,7 +110,8 @@ def _scenarios(text: str) -> list[str]:
     unknown = [name for name in names if name not in (*SCENARIOS, "all")]
     if unknown:
         raise argparse.ArgumentTypeError(
-            f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
+            f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}"
+        )
     return names
 
 
@@ -94,61 +119,132 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kongtask bench",
         description="End-to-end benchmarks of kongtask (compiled and pure), optionally against "
-                    "graphile-worker, in a database of their own (kongtask_bench).",
+        "graphile-worker, in a database of their own (kongtask_bench).",
     )
-    parser.add_argument("-c", "--connection", metavar="DSN",
-                        help="server to use (default: DATABASE_URL, PG* variables, embedded); "
-                             "the bench works in its own database on it, never in this one")
-    parser.add_argument("--database", default=database.DEFAULT_DATABASE, metavar="NAME",
-                        help="database the bench creates and uses (default %(default)s)")
-    parser.add_argument("--scenario", type=_scenarios, action="append", metavar="A,B,...",
-                        help=f"scenarios to run (default all): {', '.join(SCENARIOS)}")
-    parser.add_argument("--quick", action="store_true",
-                        help="CI smoke sizes: a few thousand jobs, few samples, one round")
-    parser.add_argument("--compare", choices=[GRAPHILE_WORKER], action="append", default=[],
-                        help="also run graphile-worker 0.17 (bench/graphile-worker/bench.js)")
-    parser.add_argument("--node-bench", type=Path, metavar="DIR",
-                        help="folder of bench.js (default: bench/graphile-worker of the source "
-                             "tree)")
-    parser.add_argument("--rounds", type=_positive,
-                        help="runs of every scenario per engine (default 2, quick 1)")
+    parser.add_argument(
+        "-c",
+        "--connection",
+        metavar="DSN",
+        help="server to use (default: DATABASE_URL, PG* variables, embedded); "
+        "the bench works in its own database on it, never in this one",
+    )
+    parser.add_argument(
+        "--database",
+        default=database.DEFAULT_DATABASE,
+        metavar="NAME",
+        help="database the bench creates and uses (default %(default)s)",
+    )
+    parser.add_argument(
+        "--scenario",
+        type=_scenarios,
+        action="append",
+        metavar="A,B,...",
+        help=f"scenarios to run (default all): {', '.join(SCENARIOS)}",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="CI smoke sizes: a few thousand jobs, few samples, one round",
+    )
+    parser.add_argument(
+        "--compare",
+        choices=[GRAPHILE_WORKER],
+        action="append",
+        default=[],
+        help="also run graphile-worker 0.17 (bench/graphile-worker/bench.js)",
+    )
+    parser.add_argument(
+        "--node-bench",
+        type=Path,
+        metavar="DIR",
+        help="folder of bench.js (default: bench/graphile-worker of the source tree)",
+    )
+    parser.add_argument(
+        "--rounds", type=_positive, help="runs of every scenario per engine (default 2, quick 1)"
+    )
     sizes = parser.add_argument_group("sizes")
-    sizes.add_argument("--jobs", type=_positive, metavar="N",
-                       help="jobs for enqueue, drain, memory, processes and drain-from-spawn")
+    sizes.add_argument(
+        "--jobs",
+        type=_positive,
+        metavar="N",
+        help="jobs for enqueue, drain, memory, processes and drain-from-spawn",
+    )
     for name in ("enqueue", "drain", "memory", "processes"):
         sizes.add_argument(f"--{name}-jobs", type=_positive, metavar="N")
-    sizes.add_argument("--spawn-jobs", type=_sizes_list, metavar="N[,M...]",
-                       help="queue sizes of drain-from-spawn, one run each "
-                            "(default 100000,1000000; quick 3000)")
-    sizes.add_argument("--empty-poll-ms", type=_positive, default=100, metavar="MS",
-                       help="how often drain-from-spawn polls count(*) for an empty queue "
-                            "(default %(default)s)")
-    sizes.add_argument("--samples", type=_positive, metavar="S", dest="latency_samples",
-                       help="latency samples after 50 warm-up jobs (default 1000)")
+    sizes.add_argument(
+        "--spawn-jobs",
+        type=_sizes_list,
+        metavar="N[,M...]",
+        help="queue sizes of drain-from-spawn, one run each (default 100000,1000000; quick 3000)",
+    )
+    sizes.add_argument(
+        "--empty-poll-ms",
+        type=_positive,
+        default=100,
+        metavar="MS",
+        help="how often drain-from-spawn polls count(*) for an empty queue (default %(default)s)",
+    )
+    sizes.add_argument(
+        "--samples",
+        type=_positive,
+        metavar="S",
+        dest="latency_samples",
+        help="latency samples after 50 warm-up jobs (default 1000)",
+    )
     sizes.add_argument("--scheduled-samples", type=_positive, metavar="S")
-    sizes.add_argument("--startup-samples", type=_positive, metavar="S",
-                       help="run() -> ready repetitions in one process (default 5)")
-    sizes.add_argument("--spawn-samples", type=_positive, metavar="S",
-                       help="process spawns timed to READY (default 5)")
+    sizes.add_argument(
+        "--startup-samples",
+        type=_positive,
+        metavar="S",
+        help="run() -> ready repetitions in one process (default 5)",
+    )
+    sizes.add_argument(
+        "--spawn-samples",
+        type=_positive,
+        metavar="S",
+        help="process spawns timed to READY (default 5)",
+    )
     sizes.add_argument("-j", "--concurrency", type=_positive, default=24, metavar="C")
-    sizes.add_argument("--local-queue-size", type=_positive, metavar="L",
-                       help="kongtask's local queue in the in-process scenarios (default: "
-                            "kongtask's own default); drain-from-spawn always uses the default")
-    sizes.add_argument("--processes", type=_positive, default=2, metavar="P",
-                       help="worker processes in the processes scenario (default 2)")
+    sizes.add_argument(
+        "--local-queue-size",
+        type=_positive,
+        metavar="L",
+        help="kongtask's local queue in the in-process scenarios (default: "
+        "kongtask's own default); drain-from-spawn always uses the default",
+    )
+    sizes.add_argument(
+        "--processes",
+        type=_positive,
+        default=2,
+        metavar="P",
+        help="worker processes in the processes scenario (default 2)",
+    )
     sizes.add_argument("--poll-interval", type=_positive, default=2000, metavar="MS")
-    sizes.add_argument("--skip-analyze", action="store_true",
-                       help="do not ANALYZE the jobs table after the untimed bulk insert")
-    parser.add_argument("--timeout", type=_positive, default=900, metavar="SEC",
-                        help="per child process (default %(default)s)")
-    parser.add_argument("--output", type=Path, metavar="DIR",
-                        help="results folder (default: bench/results in a source tree, "
-                             "else ./bench-results)")
+    sizes.add_argument(
+        "--skip-analyze",
+        action="store_true",
+        help="do not ANALYZE the jobs table after the untimed bulk insert",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_positive,
+        default=900,
+        metavar="SEC",
+        help="per child process (default %(default)s)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        metavar="DIR",
+        help="results folder (default: bench/results in a source tree, else ./bench-results)",
+    )
     parser.add_argument("--no-chart", action="store_true", help="write no PNG")
-    parser.add_argument("--keep-schemas", action="store_true",
-                        help="keep this run's schemas in the bench database")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="pass the children's stderr through")
+    parser.add_argument(
+        "--keep-schemas", action="store_true", help="keep this run's schemas in the bench database"
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="pass the children's stderr through"
+    )
     return parser
 
 
@@ -195,13 +291,18 @@ class Progress:
 
     def _stamp(self) -> str:
         elapsed = int(time.monotonic() - self.t0)
-        return f"[bench {self.n:>{len(str(self.total))}}/{self.total} {elapsed // 60}:" \
-               f"{elapsed % 60:02d}]"
+        return (
+            f"[bench {self.n:>{len(str(self.total))}}/{self.total} {elapsed // 60}:"
+            f"{elapsed % 60:02d}]"
+        )
 
     def start(self, step: Step, rounds: int) -> None:
         self.n += 1
-        print(f"{self._stamp()} {step.key:<9} round {step.round}/{rounds}  "
-              f"{step.engine.label} ...", file=sys.stderr, flush=True)
+        print(
+            f"{self._stamp()} {step.key:<9} round {step.round}/{rounds}  {step.engine.label} ...",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def done(self, text: str) -> None:
         print(f"{' ' * len(self._stamp())}   -> {text}", file=sys.stderr, flush=True)
@@ -216,8 +317,9 @@ def _brief(scenario: str, result: dict[str, Any]) -> str:
         value = result.get(key)
         return "-" if value is None else f"{value:,.{digits}f}"
 
-    cpu_use = f"; CPU/job: worker {f('cpu_us_per_job', 1)} µs, PostgreSQL " \
-              f"{f('pg_cpu_us_per_job', 1)} µs"
+    cpu_use = (
+        f"; CPU/job: worker {f('cpu_us_per_job', 1)} µs, PostgreSQL {f('pg_cpu_us_per_job', 1)} µs"
+    )
     if scenario in ("enqueue", "drain", "processes", spawn.SCENARIO):
         extra = f", remaining {result['remaining']}" if "remaining" in result else ""
         return f"{f('jobs_per_sec', 0)} jobs/s in {f('seconds')} s{extra}{cpu_use}"
@@ -226,13 +328,16 @@ def _brief(scenario: str, result: dict[str, Any]) -> str:
     if scenario == "memory":
         return f"idle {f('idle_rss_mb', 1)} MB, peak {f('peak_rss_mb', 1)} MB{cpu_use}"
     if scenario == "startup":
-        return f"spawn->ready {f('spawn_to_ready_ms', 1)} ms, run()->ready " \
-               f"{f('run_to_ready_ms', 1)} ms"
+        return (
+            f"spawn->ready {f('spawn_to_ready_ms', 1)} ms, run()->ready "
+            f"{f('run_to_ready_ms', 1)} ms"
+        )
     return ""
 
 
-def check(scenario: str, engine: Engine, result: dict[str, Any], sizes: Sizes,
-          jobs: int | None = None) -> list[str]:
+def check(
+    scenario: str, engine: Engine, result: dict[str, Any], sizes: Sizes, jobs: int | None = None
+) -> list[str]:
     """Correctness of one run; never speed. Returns the problems found."""
     problems = [f"{engine.name} {scenario}: {w}" for w in result.get("warnings", [])]
 
@@ -241,8 +346,11 @@ def check(scenario: str, engine: Engine, result: dict[str, Any], sizes: Sizes,
             problems.append(f"{engine.name} {scenario}: {key} = {result[key]}, expected {wanted}")
 
     if scenario in ("drain", "memory", "processes"):
-        jobs = {"drain": sizes.drain_jobs, "memory": sizes.memory_jobs,
-                "processes": sizes.processes_jobs}[scenario]
+        jobs = {
+            "drain": sizes.drain_jobs,
+            "memory": sizes.memory_jobs,
+            "processes": sizes.processes_jobs,
+        }[scenario]
         expect("remaining", 0)
         expect("jobs", jobs)
         expect("started", jobs)
@@ -253,11 +361,18 @@ def check(scenario: str, engine: Engine, result: dict[str, Any], sizes: Sizes,
         if result.get("remaining") is None:
             problems.append(f"{engine.name} {scenario}: remaining was not reported")
     elif scenario == spawn.SCENARIO:
-        for name, wanted in (("jobs", jobs), ("handled", jobs), ("checksum_ok", True),
-                             ("remaining", 0), ("locked", 0), ("exit_code", 0)):
+        for name, wanted in (
+            ("jobs", jobs),
+            ("handled", jobs),
+            ("checksum_ok", True),
+            ("remaining", 0),
+            ("locked", 0),
+            ("exit_code", 0),
+        ):
             if result.get(name) != wanted:
-                problems.append(f"{engine.name} {scenario}: {name} = {result.get(name)}, "
-                                f"expected {wanted}")
+                problems.append(
+                    f"{engine.name} {scenario}: {name} = {result.get(name)}, expected {wanted}"
+                )
     elif scenario == "enqueue":
         expect("jobs", sizes.enqueue_jobs)
     elif scenario == "latency":
@@ -270,8 +385,9 @@ def check(scenario: str, engine: Engine, result: dict[str, Any], sizes: Sizes,
     return problems
 
 
-async def run_step(step: Step, dsn: str, sizes: Sizes, children: Children,
-                   admin: database.Admin) -> dict[str, Any]:
+async def run_step(
+    step: Step, dsn: str, sizes: Sizes, children: Children, admin: database.Admin
+) -> dict[str, Any]:
     engine, scenario = step.engine, step.scenario
     timeout = sizes.timeout_s + 60
     if scenario == "processes":
@@ -284,8 +400,9 @@ async def run_step(step: Step, dsn: str, sizes: Sizes, children: Children,
         spawns = []
         for _ in range(sizes.spawn_samples):
             await admin.clear(engine.schema)
-            spawns.append(await children.spawn_to_ready(engine, engine.args("idle", dsn, sizes),
-                                                        timeout))
+            spawns.append(
+                await children.spawn_to_ready(engine, engine.args("idle", dsn, sizes), timeout)
+            )
         spawn_ms = [s["spawn_to_ready_ms"] for s in spawns]
         result.update(
             spawn_to_ready_ms=rnd(median(spawn_ms)),
@@ -293,13 +410,16 @@ async def run_step(step: Step, dsn: str, sizes: Sizes, children: Children,
             spawn_samples=spawn_ms,
             spawn_samples_count=len(spawn_ms),
             fresh_process_run_to_ready_ms=rnd(median([s["run_to_ready_ms"] for s in spawns])),
-            rss_at_ready_mb=median([s["rss_at_ready_mb"] for s in spawns
-                                    if s.get("rss_at_ready_mb") is not None]),
+            rss_at_ready_mb=median(
+                [s["rss_at_ready_mb"] for s in spawns if s.get("rss_at_ready_mb") is not None]
+            ),
             shutdown_ms=rnd(median([s["shutdown_ms"] for s in spawns])),
         )
         for what, argv in engine.floors.items():
-            floor = [await children.spawn_floor(engine, argv, timeout)
-                     for _ in range(sizes.spawn_samples)]
+            floor = [
+                await children.spawn_floor(engine, argv, timeout)
+                for _ in range(sizes.spawn_samples)
+            ]
             result[f"spawn_floor_{what}_ms"] = rnd(median(floor))
     return result
 
@@ -366,8 +486,10 @@ def make_plan(args: argparse.Namespace, stamp: str) -> Plan:
     if not _compiled_available():
         kt.expect_impl = "python"
         kt.label = "kongtask (not compiled)"
-        notes.append("compiled extensions are not built (python setup.py build_ext --inplace); "
-                     "kongtask runs pure and the compiled/pure comparison is skipped")
+        notes.append(
+            "compiled extensions are not built (python setup.py build_ext --inplace); "
+            "kongtask runs pure and the compiled/pure comparison is skipped"
+        )
         with_pure = False
     engines.append(kt)
     if with_pure:
@@ -377,10 +499,15 @@ def make_plan(args: argparse.Namespace, stamp: str) -> Plan:
 
         node_bin, folder = node.prepare(args.node_bench)
         engines.append(graphile_worker_engine(f"bench_{stamp}_gw", node_bin, folder))
-        notes.append("graphile-worker runs with its best documented settings (local queue "
-                     "max(500, concurrency), batch delays 0); kongtask with its defaults"
-                     + (f" but local_queue_size {args.local_queue_size}"
-                        if args.local_queue_size is not None else ""))
+        notes.append(
+            "graphile-worker runs with its best documented settings (local queue "
+            "max(500, concurrency), batch delays 0); kongtask with its defaults"
+            + (
+                f" but local_queue_size {args.local_queue_size}"
+                if args.local_queue_size is not None
+                else ""
+            )
+        )
     return Plan(scenarios, engines, rounds, sizes, notes)
 
 
@@ -401,9 +528,11 @@ async def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     bench_dsn = database.with_database(server_dsn, args.database)
     child_dsn, password = database.split_password(bench_dsn)
     await database.ensure_database(server_dsn, args.database)
-    Progress.note(f"database {mask_dsn(bench_dsn)}; engines: "
-                  f"{', '.join(e.label for e in plan.engines)}; scenarios: "
-                  f"{', '.join(plan.scenarios)}; rounds: {plan.rounds}")
+    Progress.note(
+        f"database {mask_dsn(bench_dsn)}; engines: "
+        f"{', '.join(e.label for e in plan.engines)}; scenarios: "
+        f"{', '.join(plan.scenarios)}; rounds: {plan.rounds}"
+    )
     schemas = [engine.schema for engine in plan.engines]
     await database.create_schemas(bench_dsn, schemas)
     admin = database.Admin(bench_dsn)
@@ -417,9 +546,11 @@ async def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     postgres = await database.server_info(bench_dsn)
     postgres["cpu"] = server_cpu.describe()
     postgres["round_trips"] = await database.round_trips(
-        bench_dsn, idle_s=plan.sizes.idle_wait_s, samples=2 if args.quick else 3)
-    Progress.note("round trips: " + ", ".join(f"{k} {v}" for k, v in
-                                               postgres["round_trips"].items()))
+        bench_dsn, idle_s=plan.sizes.idle_wait_s, samples=2 if args.quick else 3
+    )
+    Progress.note(
+        "round trips: " + ", ".join(f"{k} {v}" for k, v in postgres["round_trips"].items())
+    )
     try:
         steps = plan.steps()
         progress = Progress(len(steps))
@@ -435,8 +566,7 @@ async def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 # is recorded and the run goes on; the exit code reports it.
                 message = scrub(str(exc) or type(exc).__name__, bench_dsn)
                 result = {"scenario": step.scenario, "error": message}
-                problems.append(f"{step.engine.name} {step.key} round {step.round}: "
-                                f"{message}")
+                problems.append(f"{step.engine.name} {step.key} round {step.round}: {message}")
                 progress.done(f"FAILED: {message.splitlines()[0]}")
             else:
                 found = check(step.scenario, step.engine, result, plan.sizes, step.jobs)
@@ -462,21 +592,38 @@ async def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return _finish(args, argv, plan, started, machine, postgres, bench_dsn, results, problems)
 
 
-def _finish(args: argparse.Namespace, argv: Sequence[str], plan: Plan, started: datetime,
-            machine: dict[str, Any], postgres: dict[str, Any], bench_dsn: str,
-            results: dict[str, dict[str, list[dict[str, Any]]]], problems: list[str]) -> int:
+def _finish(
+    args: argparse.Namespace,
+    argv: Sequence[str],
+    plan: Plan,
+    started: datetime,
+    machine: dict[str, Any],
+    postgres: dict[str, Any],
+    bench_dsn: str,
+    results: dict[str, dict[str, list[dict[str, Any]]]],
+    problems: list[str],
+) -> int:
     engine_names = [e.name for e in plan.engines]
     labels = {e.name: e.label for e in plan.engines}
     summary = {
-        scenario: {engine: report.summarize_rounds([r for r in rounds if "error" not in r])
-                   for engine, rounds in by_engine.items()}
+        scenario: {
+            engine: report.summarize_rounds([r for r in rounds if "error" not in r])
+            for engine, rounds in by_engine.items()
+        }
         for scenario, by_engine in results.items()
     }
     table = report.format_table(summary, engine_names, labels, plan.sizes.processes)
     targets = report.check_targets(summary, engine_names)
     finished = datetime.now()
-    gw_version = next((r.get("version") for by_engine in results.values()
-                       for r in by_engine.get(GRAPHILE_WORKER, []) if r.get("version")), None)
+    gw_version = next(
+        (
+            r.get("version")
+            for by_engine in results.values()
+            for r in by_engine.get(GRAPHILE_WORKER, [])
+            if r.get("version")
+        ),
+        None,
+    )
     node_info = None
     if any(e.name == GRAPHILE_WORKER for e in plan.engines):
         from .node import node_version
@@ -498,8 +645,10 @@ def _finish(args: argparse.Namespace, argv: Sequence[str], plan: Plan, started: 
         "postgres": {**postgres, "database": args.database, "dsn": mask_dsn(bench_dsn)},
         "packages": report.package_versions(),
         "node": node_info,
-        "engines": {e.name: {"label": e.label, "schema": e.schema,
-                             "implementation": e.expect_impl} for e in plan.engines},
+        "engines": {
+            e.name: {"label": e.label, "schema": e.schema, "implementation": e.expect_impl}
+            for e in plan.engines
+        },
         "scenarios": plan.scenarios,
         "rounds": plan.rounds,
         "sizes": asdict(plan.sizes),
@@ -513,7 +662,10 @@ def _finish(args: argparse.Namespace, argv: Sequence[str], plan: Plan, started: 
     }
     if not args.no_chart:
         chart_path = report.draw_chart(
-            path.with_suffix(".png"), summary, engine_names, labels,
+            path.with_suffix(".png"),
+            summary,
+            engine_names,
+            labels,
             f"kongtask bench {started:%Y-%m-%d %H:%M} - {machine['cores']} cores, "
             f"{machine['cpu_model']} - PostgreSQL {postgres.get('server_version')}"
             f" - median of {plan.rounds} round(s)",
@@ -524,8 +676,10 @@ def _finish(args: argparse.Namespace, argv: Sequence[str], plan: Plan, started: 
             document["chart"] = chart_path.name
     report.write_json(path, document)
     print()
-    print(f"kongtask bench: {machine['cores']} cores, {machine['cpu_model']}, "
-          f"PostgreSQL {postgres.get('server_version')}, median of {plan.rounds} round(s)")
+    print(
+        f"kongtask bench: {machine['cores']} cores, {machine['cpu_model']}, "
+        f"PostgreSQL {postgres.get('server_version')}, median of {plan.rounds} round(s)"
+    )
     print(table)
     if targets:
         print()

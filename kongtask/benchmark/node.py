@@ -49,18 +49,29 @@ def prepare(bench_dir: Path | None, *, log: bool = True) -> tuple[str, Path]:
         )
     node = shutil.which("node")
     if node is None:
-        raise ConfigError("compare: graphile-worker needs Node.js 20 or newer; `node` is not "
-                          "on PATH")
+        raise ConfigError(
+            "compare: graphile-worker needs Node.js 20 or newer; `node` is not on PATH"
+        )
     if not (folder / "node_modules" / "graphile-worker" / "package.json").is_file():
         npm = shutil.which("npm")
         if npm is None:
-            raise ConfigError(f"compare: {folder}/node_modules is missing and `npm` is not on "
-                              f"PATH to install it (run `npm ci` in {folder})")
+            raise ConfigError(
+                f"compare: {folder}/node_modules is missing and `npm` is not on "
+                f"PATH to install it (run `npm ci` in {folder})"
+            )
         if log:
-            print(f"[bench] installing graphile-worker: npm ci in {folder}", file=sys.stderr,
-                  flush=True)
-        done = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=folder,
-                              stdout=sys.stderr, stderr=sys.stderr, check=False)
+            print(
+                f"[bench] installing graphile-worker: npm ci in {folder}",
+                file=sys.stderr,
+                flush=True,
+            )
+        done = subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund"],
+            cwd=folder,
+            stdout=sys.stderr,
+            stderr=sys.stderr,
+            check=False,
+        )
         if done.returncode != 0:
             raise ConfigError(f"compare: `npm ci` failed in {folder} (exit {done.returncode})")
     return node, folder

@@ -48,16 +48,34 @@ class Metric:
 #: Throughput and CPU per job of the fixed scenarios.
 THROUGHPUT_METRICS: tuple[Metric, ...] = (
     Metric("enqueue", "jobs_per_sec", "add_jobs_count (bulk)", "jobs/s", True),
-    Metric("enqueue", "returning_jobs_per_sec", "add_jobs (returns rows)", "jobs/s", True,
-           fallback="jobs_per_sec"),
+    Metric(
+        "enqueue",
+        "returning_jobs_per_sec",
+        "add_jobs (returns rows)",
+        "jobs/s",
+        True,
+        fallback="jobs_per_sec",
+    ),
     Metric("drain", "jobs_per_sec", "drain, one pool", "jobs/s", True),
     Metric("processes", "jobs_per_sec", "drain, P processes", "jobs/s", True),
     Metric("enqueue", "cpu_us_per_job", "add_jobs_count: client CPU", US_JOB, False),
     Metric("enqueue", "pg_cpu_us_per_job", "add_jobs_count: PostgreSQL CPU", US_JOB, False),
-    Metric("enqueue", "returning_cpu_us_per_job", "add_jobs (rows): client CPU", US_JOB,
-           False, fallback="cpu_us_per_job"),
-    Metric("enqueue", "returning_pg_cpu_us_per_job", "add_jobs (rows): PostgreSQL CPU",
-           US_JOB, False, fallback="pg_cpu_us_per_job"),
+    Metric(
+        "enqueue",
+        "returning_cpu_us_per_job",
+        "add_jobs (rows): client CPU",
+        US_JOB,
+        False,
+        fallback="cpu_us_per_job",
+    ),
+    Metric(
+        "enqueue",
+        "returning_pg_cpu_us_per_job",
+        "add_jobs (rows): PostgreSQL CPU",
+        US_JOB,
+        False,
+        fallback="pg_cpu_us_per_job",
+    ),
     Metric("drain", "cpu_us_per_job", "drain: worker CPU", US_JOB, False),
     Metric("drain", "pg_cpu_us_per_job", "drain: PostgreSQL CPU", US_JOB, False),
     Metric("memory", "cpu_us_per_job", "insert + drain: worker CPU", US_JOB, False),
@@ -121,17 +139,43 @@ class Target:
 
 TARGETS: tuple[Target, ...] = (
     Target("drain >= 1.5x graphile-worker", "drain", "jobs_per_sec", 1.5, "ratio_gw"),
-    Target("drain-from-spawn 100,000 >= 1.5x graphile-worker", "drain-from-spawn@100000",
-           "jobs_per_sec", 1.5, "ratio_gw"),
-    Target("drain-from-spawn 1,000,000 >= 1.5x graphile-worker", "drain-from-spawn@1000000",
-           "jobs_per_sec", 1.5, "ratio_gw"),
+    Target(
+        "drain-from-spawn 100,000 >= 1.5x graphile-worker",
+        "drain-from-spawn@100000",
+        "jobs_per_sec",
+        1.5,
+        "ratio_gw",
+    ),
+    Target(
+        "drain-from-spawn 1,000,000 >= 1.5x graphile-worker",
+        "drain-from-spawn@1000000",
+        "jobs_per_sec",
+        1.5,
+        "ratio_gw",
+    ),
     Target("enqueue >= 1.5x graphile-worker", "enqueue", "jobs_per_sec", 1.5, "ratio_gw"),
-    Target("add_jobs returning rows >= 1.2x graphile-worker's addJobs", "enqueue",
-           "returning_jobs_per_sec", 1.2, "ratio_gw", fallback="jobs_per_sec"),
-    Target("compiled/pure worker CPU per job on drain >= 1.5x", "drain", "cpu_us_per_job",
-           1.5, "saving_pure"),
-    Target("compiled/pure wall on drain-from-spawn 100,000 >= 1.3x",
-           "drain-from-spawn@100000", "jobs_per_sec", 1.3, "ratio_pure"),
+    Target(
+        "add_jobs returning rows >= 1.2x graphile-worker's addJobs",
+        "enqueue",
+        "returning_jobs_per_sec",
+        1.2,
+        "ratio_gw",
+        fallback="jobs_per_sec",
+    ),
+    Target(
+        "compiled/pure worker CPU per job on drain >= 1.5x",
+        "drain",
+        "cpu_us_per_job",
+        1.5,
+        "saving_pure",
+    ),
+    Target(
+        "compiled/pure wall on drain-from-spawn 100,000 >= 1.3x",
+        "drain-from-spawn@100000",
+        "jobs_per_sec",
+        1.3,
+        "ratio_pure",
+    ),
     Target("latency p50 <= 1 ms", "latency", "p50", 1.0, "max"),
     Target("latency p99 <= 2 ms", "latency", "p99", 2.0, "max"),
     Target("scheduled lateness p99 <= 10 ms", "scheduled", "p99", 10.0, "max"),
@@ -217,10 +261,20 @@ def _git_revision(root: Path | None) -> str | None:
     if root is None or not (root / ".git").exists():
         return None
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
-                              capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=root, capture_output=True, text=True, timeout=10)
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     if head.returncode != 0:
@@ -235,8 +289,10 @@ def package_versions() -> dict[str, Any]:
         "kongtask": kongtask.__version__,
         "kongtask_git": _git_revision(source_root()),
         "implementation": IMPLEMENTATION,
-        **{name: _version(name) for name in ("asyncpg", "uvloop", "orjson", "Cython",
-                                              "psutil", "matplotlib")},
+        **{
+            name: _version(name)
+            for name in ("asyncpg", "uvloop", "orjson", "Cython", "psutil", "matplotlib")
+        },
     }
 
 
@@ -251,8 +307,9 @@ def summarize_rounds(rounds: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     return {key: m for key, values in keys.items() if (m := median(values)) is not None}
 
 
-def metric_value(summary: Mapping[str, Mapping[str, Mapping[str, float]]], engine: str,
-                 metric: Metric) -> float | None:
+def metric_value(
+    summary: Mapping[str, Mapping[str, Mapping[str, float]]], engine: str, metric: Metric
+) -> float | None:
     values = summary.get(metric.scenario, {}).get(engine)
     if not values:
         return None
@@ -274,8 +331,9 @@ def ratios(summary: Mapping[str, Any], engines: Sequence[str]) -> dict[str, dict
         row: dict[str, Any] = {}
         kt = metric_value(summary, "kongtask", metric)
         if "graphile-worker" in engines:
-            row["kongtask/graphile-worker"] = ratio(kt, metric_value(summary, "graphile-worker",
-                                                                     metric))
+            row["kongtask/graphile-worker"] = ratio(
+                kt, metric_value(summary, "graphile-worker", metric)
+            )
         if "kongtask-pure" in engines:
             row["compiled/pure"] = ratio(kt, metric_value(summary, "kongtask-pure", metric))
         if any(v is not None for v in row.values()):
@@ -320,8 +378,9 @@ def _fmt(value: float | None, unit: str) -> str:
     return f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}"
 
 
-def format_table(summary: Mapping[str, Any], engines: Sequence[str],
-                 labels: Mapping[str, str], processes: int) -> str:
+def format_table(
+    summary: Mapping[str, Any], engines: Sequence[str], labels: Mapping[str, str], processes: int
+) -> str:
     """The end-of-run table: one row per metric, engines as columns, then ratios."""
     headers = ["scenario", "metric", "unit", *(labels[e] for e in engines)]
     with_gw = "graphile-worker" in engines and "kongtask" in engines
@@ -375,35 +434,55 @@ def results_path(folder: Path, started: datetime) -> Path:
 
 
 def write_json(path: Path, document: Mapping[str, Any]) -> None:
-    path.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
-                     + b"\n")
+    path.write_bytes(
+        orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+    )
 
 
 Panel = tuple[str, str, tuple[tuple[str, str, str], ...]]
 
 _PANELS: tuple[Panel, ...] = (
-    ("add_job -> handler start", "ms", (("latency", "p50", "p50"), ("latency", "p95", "p95"),
-                                         ("latency", "p99", "p99"))),
+    (
+        "add_job -> handler start",
+        "ms",
+        (("latency", "p50", "p50"), ("latency", "p95", "p95"), ("latency", "p99", "p99")),
+    ),
     ("Scheduled lateness", "ms", (("scheduled", "p50", "p50"), ("scheduled", "p99", "p99"))),
-    ("Memory (RSS)", "MB", (("memory", "idle_rss_mb", "idle"),
-                            ("memory", "peak_rss_mb", "peak (drain)"))),
-    ("Start-up", "ms", (("startup", "spawn_to_ready_ms", "spawn->ready"),
-                        ("startup", "spawn_floor_libraries_ms", "libs floor"),
-                        ("startup", "run_to_ready_ms", "run()->ready"))),
+    (
+        "Memory (RSS)",
+        "MB",
+        (("memory", "idle_rss_mb", "idle"), ("memory", "peak_rss_mb", "peak (drain)")),
+    ),
+    (
+        "Start-up",
+        "ms",
+        (
+            ("startup", "spawn_to_ready_ms", "spawn->ready"),
+            ("startup", "spawn_floor_libraries_ms", "libs floor"),
+            ("startup", "run_to_ready_ms", "run()->ready"),
+        ),
+    ),
 )
 
 
 def _panels(summary: Mapping[str, Any]) -> list[Panel]:
     """Throughput and CPU per job (with a bar group per drain-from-spawn size), then the rest."""
     spawned = [(k, f"{jobs:,}") for k in summary if (jobs := jobs_of(k)) is not None]
-    throughput = (("enqueue", "jobs_per_sec", "enqueue"), ("drain", "jobs_per_sec", "drain"),
-                  ("processes", "jobs_per_sec", "drain xP"),
-                  *((k, "jobs_per_sec", f"spawn {n}") for k, n in spawned))
-    per_job = (("drain", "cpu_us_per_job", "drain\nworker"),
-               ("drain", "pg_cpu_us_per_job", "drain\nPostgreSQL"),
-               *((k, key, f"spawn {n}\n{who}") for k, n in spawned
-                 for key, who in (("cpu_us_per_job", "worker"),
-                                  ("pg_cpu_us_per_job", "PostgreSQL"))))
+    throughput = (
+        ("enqueue", "jobs_per_sec", "enqueue"),
+        ("drain", "jobs_per_sec", "drain"),
+        ("processes", "jobs_per_sec", "drain xP"),
+        *((k, "jobs_per_sec", f"spawn {n}") for k, n in spawned),
+    )
+    per_job = (
+        ("drain", "cpu_us_per_job", "drain\nworker"),
+        ("drain", "pg_cpu_us_per_job", "drain\nPostgreSQL"),
+        *(
+            (k, key, f"spawn {n}\n{who}")
+            for k, n in spawned
+            for key, who in (("cpu_us_per_job", "worker"), ("pg_cpu_us_per_job", "PostgreSQL"))
+        ),
+    )
     return [("Throughput", "jobs/s", throughput), ("CPU per job", US_JOB, per_job), *_PANELS]
 
 
@@ -416,8 +495,10 @@ def _advantage_panel(ax: Any, summary: Mapping[str, Any]) -> None:
             continue
         if metric.unit == "s":
             continue  # the same comparison as its jobs/s row
-        r = ratio(metric_value(summary, "kongtask", metric),
-                  metric_value(summary, "graphile-worker", metric))
+        r = ratio(
+            metric_value(summary, "kongtask", metric),
+            metric_value(summary, "graphile-worker", metric),
+        )
         if r is None or r <= 0:
             continue
         names.append(f"{metric.group}: {metric.label}")
@@ -434,8 +515,13 @@ def _advantage_panel(ax: Any, summary: Mapping[str, Any]) -> None:
     ax.set_title("kongtask vs graphile-worker (x better)")
 
 
-def draw_chart(path: Path, summary: Mapping[str, Any], engines: Sequence[str],
-               labels: Mapping[str, str], title: str) -> Path | None:
+def draw_chart(
+    path: Path,
+    summary: Mapping[str, Any],
+    engines: Sequence[str],
+    labels: Mapping[str, str],
+    title: str,
+) -> Path | None:
     """A PNG with one grouped bar panel per kind of number; None without matplotlib."""
     try:
         import matplotlib
@@ -450,24 +536,35 @@ def draw_chart(path: Path, summary: Mapping[str, Any], engines: Sequence[str],
     width = 0.8 / max(1, len(engines))
     colors = {"kongtask": "#2a7ab9", "kongtask-pure": "#8cbce0", "graphile-worker": "#e08a2a"}
     for ax, (name, unit, series) in zip(flat, panels, strict=False):
-        shown = [(s, k, lab) for s, k, lab in series
-                 if any(metric_value(summary, e, Metric(s, k, "", "", True)) is not None
-                        for e in engines)]
+        shown = [
+            (s, k, lab)
+            for s, k, lab in series
+            if any(
+                metric_value(summary, e, Metric(s, k, "", "", True)) is not None for e in engines
+            )
+        ]
         if not shown:
             ax.set_axis_off()
             continue
         for j, engine in enumerate(engines):
             xs = [i + (j - (len(engines) - 1) / 2) * width for i in range(len(shown))]
-            ys = [metric_value(summary, engine, Metric(s, k, "", "", True)) or 0.0
-                  for s, k, _ in shown]
+            ys = [
+                metric_value(summary, engine, Metric(s, k, "", "", True)) or 0.0
+                for s, k, _ in shown
+            ]
             bars = ax.bar(xs, ys, width, label=labels[engine], color=colors.get(engine))
-            ax.bar_label(bars, labels=[_fmt(y, unit) if y else "" for y in ys], fontsize=7,
-                         rotation=90 if unit == "jobs/s" else 0, padding=2)
+            ax.bar_label(
+                bars,
+                labels=[_fmt(y, unit) if y else "" for y in ys],
+                fontsize=7,
+                rotation=90 if unit == "jobs/s" else 0,
+                padding=2,
+            )
         ax.set_xticks(range(len(shown)), [lab for _, _, lab in shown], fontsize=8)
         ax.set_title(f"{name} ({unit})")
         ax.margins(y=0.25)
     flat[0].legend(fontsize=8)
-    for ax in flat[len(panels):]:
+    for ax in flat[len(panels) :]:
         ax.set_axis_off()
     if "kongtask" in engines and "graphile-worker" in engines and len(flat) > len(panels):
         _advantage_panel(flat[len(panels)], summary)

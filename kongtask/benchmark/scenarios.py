@@ -101,8 +101,9 @@ class CpuWindow:
         print(f"{WINDOW} {edge} {name}".rstrip(), flush=True)
         answer = await read_stdin_line()
         if answer.strip() != GO:
-            raise RuntimeError(f"expected {GO} on stdin at the {edge} of a window, "
-                               f"got {answer.strip()!r}")
+            raise RuntimeError(
+                f"expected {GO} on stdin at the {edge} of a window, got {answer.strip()!r}"
+            )
 
     async def open(self, name: str = "") -> None:
         await self._edge("start", name)
@@ -223,8 +224,9 @@ class Bench:
             inserted = await self.count_jobs()
             await self.clear_jobs()
             if added != n or inserted != n:
-                raise RuntimeError(f"expected {n} jobs, add_jobs_count said {added}, "
-                                   f"table holds {inserted}")
+                raise RuntimeError(
+                    f"expected {n} jobs, add_jobs_count said {added}, table holds {inserted}"
+                )
             progress(f"add_jobs({n}) (returning rows)")
             await self.window.open(RETURNING)
             t0 = perf()
@@ -234,8 +236,9 @@ class Bench:
             inserted = await self.count_jobs()
             await self.clear_jobs()
             if len(rows) != n or inserted != n:
-                raise RuntimeError(f"expected {n} jobs, add_jobs returned {len(rows)}, "
-                                   f"table holds {inserted}")
+                raise RuntimeError(
+                    f"expected {n} jobs, add_jobs returned {len(rows)}, table holds {inserted}"
+                )
         return {
             "scenario": "enqueue",
             "jobs": n,
@@ -279,8 +282,7 @@ class Bench:
             "jobs": n,
             "seconds": rnd(seconds),
             "jobs_per_sec": rnd(n / seconds, 1),
-            "timed_until": "all handlers started and count(*) = 0 (polled every 5 ms), "
-                           "as bench.js",
+            "timed_until": "all handlers started and count(*) = 0 (polled every 5 ms), as bench.js",
             "seconds_to_stopped": rnd(t_stopped - t0),
             "stop_ms": rnd((t_stopped - t_empty) * 1000),
             "run_to_ready_ms": rnd((t_ready - t0) * 1000),
@@ -309,8 +311,9 @@ class Bench:
         lat: list[float] = []
         from_call: list[float] = []
         try:
-            async with kongtask.WorkerUtils(self.cfg.dsn, schema=self.cfg.schema,
-                                            max_pool_size=1) as utils:
+            async with kongtask.WorkerUtils(
+                self.cfg.dsn, schema=self.cfg.schema, max_pool_size=1
+            ) as utils:
                 for i in range(total):
                     waiter = waiters[i] = loop.create_future()
                     t_call = perf()
@@ -359,10 +362,12 @@ class Bench:
             for i in range(n):
                 run_at_ms = base + 1000 + round(2000 * i / max(1, n - 1))
                 run_at = datetime.fromtimestamp(run_at_ms / 1000, tz=timezone.utc)
-                specs.append(kongtask.JobSpec(TASK, {"i": i, "run_at_ms": run_at_ms},
-                                              run_at=run_at))
-            async with kongtask.WorkerUtils(self.cfg.dsn, schema=self.cfg.schema,
-                                            max_pool_size=1) as utils:
+                specs.append(
+                    kongtask.JobSpec(TASK, {"i": i, "run_at_ms": run_at_ms}, run_at=run_at)
+                )
+            async with kongtask.WorkerUtils(
+                self.cfg.dsn, schema=self.cfg.schema, max_pool_size=1
+            ) as utils:
                 await utils.add_jobs(specs)
             timeout = 3 + 10 * self.cfg.poll_interval_ms / 1000 + 30
             await asyncio.wait_for(all_done, timeout=timeout)
@@ -449,7 +454,7 @@ class Bench:
             "warm_run_to_ready_p50_ms": rnd(percentile(warm, 0.5)) if warm else None,
             "samples": len(runs),
             "ready_definition": "run() returned: schema checked, tasks registered, "
-                                "LISTEN jobs:insert acknowledged",
+            "LISTEN jobs:insert acknowledged",
         }
 
     async def idle(self) -> dict[str, Any]:

@@ -44,8 +44,14 @@ def jobs_of(result_key: str) -> int | None:
     return int(size) if name == SCENARIO and size.isdigit() else None
 
 
-async def _poll_until_empty(admin: Admin, schema: str, proc: asyncio.subprocess.Process,
-                            t0: float, poll_s: float, deadline: float) -> int:
+async def _poll_until_empty(
+    admin: Admin,
+    schema: str,
+    proc: asyncio.subprocess.Process,
+    t0: float,
+    poll_s: float,
+    deadline: float,
+) -> int:
     """Count the jobs on a fixed beat (t0 + k * poll) until none is left; returns the polls.
 
     A fixed beat rather than a sleep after each count, so a slow ``count(*)``
@@ -63,8 +69,9 @@ async def _poll_until_empty(admin: Admin, schema: str, proc: asyncio.subprocess.
             raise ChildError("timed out before the queue emptied")
 
 
-async def drain_from_spawn(children: Children, engine: Engine, dsn: str, sizes: Sizes,
-                           admin: Admin, jobs: int) -> dict[str, Any]:
+async def drain_from_spawn(
+    children: Children, engine: Engine, dsn: str, sizes: Sizes, admin: Admin, jobs: int
+) -> dict[str, Any]:
     """One run: fresh fill, spawn, poll to empty, read CPU, SIGTERM, check."""
     schema = engine.schema
     await admin.fill(schema, TASK, jobs)
@@ -80,8 +87,7 @@ async def drain_from_spawn(children: Children, engine: Engine, dsn: str, sizes: 
         t0 = time.perf_counter()
         proc = await children.spawn(engine, argv, err, asyncio.subprocess.DEVNULL)
         try:
-            polls = await _poll_until_empty(admin, schema, proc, t0, poll_s,
-                                            t0 + sizes.timeout_s)
+            polls = await _poll_until_empty(admin, schema, proc, t0, poll_s, t0 + sizes.timeout_s)
             seconds = time.perf_counter() - t0
             worker_cpu = process_cpu_s(proc.pid)
             pg1 = children.server_cpu.sample()
@@ -122,7 +128,7 @@ async def drain_from_spawn(children: Children, engine: Engine, dsn: str, sizes: 
         "empty_poll_ms": sizes.empty_poll_ms,
         "command": [mask_dsn(a) if "://" in a else a for a in argv],
         "timed_until": f"process spawn to count(*) = 0, polled every {sizes.empty_poll_ms} ms "
-                       "by the harness; worker CPU read from /proc before SIGTERM",
+        "by the harness; worker CPU read from /proc before SIGTERM",
         "impl": exit_line.get("impl"),
         "version": exit_line.get("version"),
     }

@@ -61,8 +61,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-analyze", action="store_true")
     parser.add_argument("--timeout", type=float, default=900.0, metavar="SEC")
     parser.add_argument("--idle-wait", type=float, default=None, metavar="SEC")
-    parser.add_argument("--windows", action="store_true",
-                        help="hand the edges of timed windows to the harness (stdin/stdout)")
+    parser.add_argument(
+        "--windows",
+        action="store_true",
+        help="hand the edges of timed windows to the harness (stdin/stdout)",
+    )
     return parser.parse_args(argv)
 
 
@@ -73,8 +76,9 @@ def _emit(result: dict[str, Any]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="[kt %(levelname)s] %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format="[kt %(levelname)s] %(name)s: %(message)s"
+    )
     from kongtask import __version__
     from kongtask._core import IMPLEMENTATION
 
@@ -106,8 +110,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = runner(run_scenario(cfg))
     except Exception as exc:  # any failure becomes the error line
         traceback.print_exc(file=sys.stderr)
-        _emit({"scenario": args.scenario, "error": f"{type(exc).__name__}: {exc}",
-               "impl": IMPLEMENTATION})
+        _emit(
+            {
+                "scenario": args.scenario,
+                "error": f"{type(exc).__name__}: {exc}",
+                "impl": IMPLEMENTATION,
+            }
+        )
         return 1
     _emit({**result, "impl": IMPLEMENTATION, "engine": "kongtask", "version": __version__})
     return 0

@@ -78,9 +78,7 @@ def test_job_columns(twin: Twin) -> None:
     assert twin.decode.JOB_COLUMNS == COLUMNS
 
 
-def test_leased_and_stored_columns_are_the_same_in_both_twins(
-    both: tuple[Twin, Twin]
-) -> None:
+def test_leased_and_stored_columns_are_the_same_in_both_twins(both: tuple[Twin, Twin]) -> None:
     """The fetcher and the client index rows by these names; the twins must agree."""
     pure, compiled = both
     assert compiled.decode.LEASED_COLUMNS == pure.decode.LEASED_COLUMNS

@@ -309,12 +309,18 @@ class GraphileWorker:
     ) -> list[str]:
         args = [
             "run",
-            "--dsn", self.dsn,
-            "--schema", schema,
-            "--record-table", RECORD_TABLE,
-            "--name", name,
-            "--concurrency", str(concurrency),
-            "--poll-interval", str(poll_interval_ms),
+            "--dsn",
+            self.dsn,
+            "--schema",
+            schema,
+            "--record-table",
+            RECORD_TABLE,
+            "--name",
+            name,
+            "--concurrency",
+            str(concurrency),
+            "--poll-interval",
+            str(poll_interval_ms),
         ]
         for option, values in (
             ("--tasks", tasks),
@@ -348,8 +354,17 @@ class GraphileWorker:
         and prints ``CRON_*`` lines (see gw.js); its registration and backfill
         may still be in progress on return: wait for ``CRON_STARTED``.
         """
-        args = self._pool_args(schema, name, tasks, fail_tasks, block_tasks, concurrency,
-                               poll_interval_ms, forbidden_flags, crontab)
+        args = self._pool_args(
+            schema,
+            name,
+            tasks,
+            fail_tasks,
+            block_tasks,
+            concurrency,
+            poll_interval_ms,
+            forbidden_flags,
+            crontab,
+        )
         pool = NodePool(await self._spawn(*args), name)
         self._pools.append(pool)
         ready = await pool.wait_line("READY")
@@ -371,14 +386,16 @@ class GraphileWorker:
 
     async def add(self, schema: str, ops: Sequence[dict[str, Any]]) -> list[Any]:
         """Node's ``addJob``/``addJobs``/``quickAddJob``, in order; their results."""
-        out = await self._call("add", "--dsn", self.dsn, "--schema", schema,
-                               "--ops", json.dumps(ops))
+        out = await self._call(
+            "add", "--dsn", self.dsn, "--schema", schema, "--ops", json.dumps(ops)
+        )
         return json.loads(out)
 
     async def admin(self, schema: str, ops: Sequence[dict[str, Any]]) -> list[Any]:
         """Node's WorkerUtils admin functions, in order; their results."""
-        out = await self._call("admin", "--dsn", self.dsn, "--schema", schema,
-                               "--ops", json.dumps(ops))
+        out = await self._call(
+            "admin", "--dsn", self.dsn, "--schema", schema, "--ops", json.dumps(ops)
+        )
         return json.loads(out)
 
     async def migrate(self, schema: str) -> None:
@@ -408,22 +425,26 @@ CATALOG_IDENTITY: dict[str, Callable[[dict[str, Any]], str]] = {
 #: a new kongtask-only object is a visible, deliberate change to this file.
 KONGTASK_ONLY: dict[str, frozenset[str]] = {
     "relations": frozenset({"_kongtask_migrations", "_kongtask_workers"}),
-    "columns": frozenset({
-        "_kongtask_migrations.id",
-        "_kongtask_migrations.ts",
-        "_kongtask_workers.worker_id",
-        "_kongtask_workers.hostname",
-        "_kongtask_workers.pid",
-        "_kongtask_workers.started_at",
-        "_kongtask_workers.last_seen",
-    }),
+    "columns": frozenset(
+        {
+            "_kongtask_migrations.id",
+            "_kongtask_migrations.ts",
+            "_kongtask_workers.worker_id",
+            "_kongtask_workers.hostname",
+            "_kongtask_workers.pid",
+            "_kongtask_workers.started_at",
+            "_kongtask_workers.last_seen",
+        }
+    ),
     "constraints": frozenset({"_kongtask_migrations_pkey", "_kongtask_workers_pkey"}),
-    "indexes": frozenset({
-        "_kongtask_jobs_claim_index",
-        "_kongtask_jobs_lease_index",
-        "_kongtask_migrations_pkey",
-        "_kongtask_workers_pkey",
-    }),
+    "indexes": frozenset(
+        {
+            "_kongtask_jobs_claim_index",
+            "_kongtask_jobs_lease_index",
+            "_kongtask_migrations_pkey",
+            "_kongtask_workers_pkey",
+        }
+    ),
     "functions": frozenset(),
     "sequences": frozenset(),
 }

@@ -51,10 +51,13 @@ async def test_python_reschedules_then_node_completes_and_fails(
         )
     assert sorted(j.id for j in rescheduled) == [done.id, failed.id]
 
-    completed, permafailed = await gw.admin(schema, [
-        op("completeJobs", [str(done.id)]),
-        op("permanentlyFailJobs", [str(failed.id)], "given up from Node"),
-    ])
+    completed, permafailed = await gw.admin(
+        schema,
+        [
+            op("completeJobs", [str(done.id)]),
+            op("permanentlyFailJobs", [str(failed.id)], "given up from Node"),
+        ],
+    )
     # Node read back what Python's reschedule wrote.
     [c] = completed
     assert (c["id"], c["priority"], c["attempts"], c["max_attempts"]) == (str(done.id), 4, 3, 9)
@@ -67,7 +70,11 @@ async def test_python_reschedules_then_node_completes_and_fails(
     row = await job_row(conn, schema, failed.id)
     assert row is not None
     assert (row["attempts"], row["max_attempts"], row["last_error"], row["priority"]) == (
-        9, 9, "given up from Node", 4)
+        9,
+        9,
+        "given up from Node",
+        4,
+    )
     assert row["run_at"] == when and row["is_available"] is False
     other = await job_row(conn, schema, untouched.id)
     assert other is not None and (other["attempts"], other["priority"]) == (0, 0)
@@ -81,21 +88,38 @@ async def test_node_reschedules_then_python_completes_and_fails(
         await utils.migrate()
         done = await utils.add_job("t", {"n": "done"}, queue_name="q")
         failed = await utils.add_job("t", {"n": "failed"})
-        [rescheduled] = await gw.admin(schema, [
-            op("rescheduleJobs", [str(done.id), str(failed.id)],
-               {"runAt": iso(when), "priority": 4, "attempts": 2, "maxAttempts": 9}),
-        ])
+        [rescheduled] = await gw.admin(
+            schema,
+            [
+                op(
+                    "rescheduleJobs",
+                    [str(done.id), str(failed.id)],
+                    {"runAt": iso(when), "priority": 4, "attempts": 2, "maxAttempts": 9},
+                ),
+            ],
+        )
         assert sorted(int(j["id"]) for j in rescheduled) == [done.id, failed.id]
-        assert all((j["priority"], j["attempts"], j["max_attempts"]) == (4, 2, 9)
-                   for j in rescheduled)
+        assert all(
+            (j["priority"], j["attempts"], j["max_attempts"]) == (4, 2, 9) for j in rescheduled
+        )
 
         # Python reads back what Node's reschedule wrote.
         [c] = await utils.complete_jobs([done.id])
         assert (c.id, c.priority, c.attempts, c.max_attempts, c.run_at, c.queue_name) == (
-            done.id, 4, 2, 9, when, "q")
+            done.id,
+            4,
+            2,
+            9,
+            when,
+            "q",
+        )
         [p] = await utils.permanently_fail_jobs([failed.id], "given up from Python")
         assert (p.id, p.attempts, p.max_attempts, p.last_error) == (
-            failed.id, 9, 9, "given up from Python")
+            failed.id,
+            9,
+            9,
+            "given up from Python",
+        )
     assert await job_row(conn, schema, done.id) is None
     row = await job_row(conn, schema, failed.id)
     assert row is not None and row["attempts"] == row["max_attempts"] == 9
@@ -137,8 +161,9 @@ async def test_python_force_unlocks_a_dead_node_pool(
         async def ran_again() -> bool:
             return await count_recorded(conn, schema) == 2
 
-        runner = await kongtask.run(database_url, {"block": python_recorder(schema)},
-                                    schema=schema, poll_interval=0.2)
+        runner = await kongtask.run(
+            database_url, {"block": python_recorder(schema)}, schema=schema, poll_interval=0.2
+        )
         try:
             await wait_until(ran_again, "kongtask to run the unlocked job")
         finally:
@@ -170,9 +195,15 @@ async def test_node_force_unlocks_a_stuck_kongtask_worker(
         await utils.migrate()
         await create_record_table(conn, schema)
         job = await utils.add_job("block", {"n": 1}, queue_name="qb", flags=["stuck"])
-        runner = await kongtask.run(database_url, {"block": hang}, schema=schema,
-                                    poll_interval=0.2, forbidden_flags=lambda: hold_off)
+        runner = await kongtask.run(
+            database_url,
+            {"block": hang},
+            schema=schema,
+            poll_interval=0.2,
+            forbidden_flags=lambda: hold_off,
+        )
         try:
+
             async def started() -> bool:
                 return await count_recorded(conn, schema) == 1
 
@@ -180,15 +211,21 @@ async def test_node_force_unlocks_a_stuck_kongtask_worker(
             row = await job_row(conn, schema, job.id)
             assert row is not None
             assert row["locked_by"] == row["queue_locked_by"] == runner.worker_id
-            none_done = await gw.admin(schema, [
-                op("completeJobs", [str(job.id)]),
-                op("forceUnlockWorkers", [runner.worker_id]),
-            ])
+            none_done = await gw.admin(
+                schema,
+                [
+                    op("completeJobs", [str(job.id)]),
+                    op("forceUnlockWorkers", [runner.worker_id]),
+                ],
+            )
             assert none_done == [[], None], "Node's completeJobs must skip the locked job"
             row = await job_row(conn, schema, job.id)
             assert row is not None
             assert (row["locked_by"], row["locked_at"], row["queue_locked_by"]) == (
-                None, None, None)
+                None,
+                None,
+                None,
+            )
 
             node = await gw.start_pool(schema, tasks=("block",))
 

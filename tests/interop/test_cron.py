@@ -198,14 +198,19 @@ async def test_identifier_registered_by_node_is_known_to_kongtask(
     # done so before it stopped.
     node_tick = registered["last_execution"]
     assert node_tick in (None, ceil_minute(node_start)), registered
-    assert [(stamp(j), j["payload"]["_cron"]["backfilled"])
-            for j in await cron_jobs(conn, schema, "shared")] == (
-        [] if node_tick is None else [(node_tick, False)]
-    )
+    assert [
+        (stamp(j), j["payload"]["_cron"]["backfilled"])
+        for j in await cron_jobs(conn, schema, "shared")
+    ] == ([] if node_tick is None else [(node_tick, False)])
 
     events = Started()
-    cron = CronScheduler(pg_pool, schema, parse_crontab(f"{SHARED}\n{PYTHON_ONLY}"),
-                         events.emitter, clock=shifted_clock(timedelta(minutes=5)))
+    cron = CronScheduler(
+        pg_pool,
+        schema,
+        parse_crontab(f"{SHARED}\n{PYTHON_ONLY}"),
+        events.emitter,
+        clock=shifted_clock(timedelta(minutes=5)),
+    )
     try:
         await cron.start(timer=False)
     finally:
@@ -245,8 +250,13 @@ async def test_identifier_registered_by_kongtask_is_known_to_node(
     minute up to its start, and not the minute kongtask took. The job Node adds
     has the same columns and payload shape as the one kongtask added."""
     events = Started()
-    cron = CronScheduler(pg_pool, schema, parse_crontab(SHARED), events.emitter,
-                         clock=shifted_clock(-timedelta(minutes=6)))
+    cron = CronScheduler(
+        pg_pool,
+        schema,
+        parse_crontab(SHARED),
+        events.emitter,
+        clock=shifted_clock(-timedelta(minutes=6)),
+    )
     try:
         await cron.start(timer=False)
         kongtask_start = events.start
@@ -324,7 +334,9 @@ async def test_node_and_kongtask_backfilling_the_same_minutes_add_each_once(
     await conn.execute(
         f"insert into {s}._private_known_crontabs (identifier, known_since, last_execution) "
         "values ($1, $2, $3)",
-        "shared", known_since, last_execution,
+        "shared",
+        known_since,
+        last_execution,
     )
     # graphile-worker backfills from `last_execution or known_since` inclusive.
     node_first_attempt = last_execution or known_since
@@ -335,10 +347,17 @@ async def test_node_and_kongtask_backfilling_the_same_minutes_add_each_once(
     starting: list[asyncio.Task[kongtask.Runner]] = []
 
     async def start_kongtask() -> None:
-        starting.append(asyncio.create_task(kongtask.run(
-            database_url, {"record": python_recorder(schema)}, schema=schema,
-            crontab=SHARED, events=kongtask_events.emitter,
-        )))
+        starting.append(
+            asyncio.create_task(
+                kongtask.run(
+                    database_url,
+                    {"record": python_recorder(schema)},
+                    schema=schema,
+                    crontab=SHARED,
+                    events=kongtask_events.emitter,
+                )
+            )
+        )
 
     async def start_node() -> None:
         pools.append(await gw.start_pool(schema, crontab=SHARED))
@@ -373,8 +392,12 @@ async def test_node_and_kongtask_backfilling_the_same_minutes_add_each_once(
             async def queued_up(n: int = queued) -> bool:
                 return await waiting_on_the_row() == n
 
-            await wait_until(queued_up, f"{queued} cron statement(s) queued on the row lock",
-                             timeout=NODE_TIMEOUT, watch=pools)
+            await wait_until(
+                queued_up,
+                f"{queued} cron statement(s) queued on the row lock",
+                timeout=NODE_TIMEOUT,
+                watch=pools,
+            )
         (node,) = pools
         # Each planned its backfill from the row as set up: kongtask all of it
         # in one statement, Node one minute per statement, from the row's
@@ -423,5 +446,7 @@ async def test_node_and_kongtask_backfilling_the_same_minutes_add_each_once(
         f"select created_at, count(*) as n from {s}._private_jobs "
         "group by created_at order by created_at"
     )
-    print(f"[{first} first, {row}] {len(jobs)} jobs for {len(missed)} missed minutes, "
-          f"added in batches of {[b['n'] for b in batches]}")
+    print(
+        f"[{first} first, {row}] {len(jobs)} jobs for {len(missed)} missed minutes, "
+        f"added in batches of {[b['n'] for b in batches]}"
+    )

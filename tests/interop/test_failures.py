@@ -70,7 +70,9 @@ async def assert_failed_state(
                   now() as checked_at
            from {s}._private_jobs j join {s}._private_job_queues q on q.id = j.job_queue_id
            where j.id = $1""",
-        job_id, attempts, runner,
+        job_id,
+        attempts,
+        runner,
     )
     assert row is not None, f"job {job_id} disappeared"
     assert row["started_at"] is not None, f"{runner} did not run attempt {attempts} of {job_id}"

@@ -54,15 +54,22 @@ async def test_dead_worker_recovery_leaves_graphile_worker_locks_alone(
             dead_job.id,
             DEAD_WORKER,
         )
-        runner = await kongtask.run(database_url, {"record": python_recorder(schema)},
-                                    schema=schema, heartbeat_interval=0.05,
-                                    dead_worker_timeout=0.2, poll_interval=0.2)
+        runner = await kongtask.run(
+            database_url,
+            {"record": python_recorder(schema)},
+            schema=schema,
+            heartbeat_interval=0.05,
+            dead_worker_timeout=0.2,
+            poll_interval=0.2,
+        )
         try:
+
             async def dead_job_rerun() -> bool:
                 return await count_recorded(conn, schema) == 2
 
-            await wait_until(dead_job_rerun, "kongtask to recover the dead worker's job",
-                             watch=[node])
+            await wait_until(
+                dead_job_rerun, "kongtask to recover the dead worker's job", watch=[node]
+            )
             row = await conn.fetchrow(
                 f"select j.locked_by, j.last_error, q.locked_by as queue_locked_by "
                 f"from {s}._private_jobs j join {s}._private_job_queues q "
@@ -71,7 +78,10 @@ async def test_dead_worker_recovery_leaves_graphile_worker_locks_alone(
             )
             assert row is not None
             assert (row["locked_by"], row["queue_locked_by"], row["last_error"]) == (
-                node.pool_id, node.pool_id, None)
+                node.pool_id,
+                node.pool_id,
+                None,
+            )
             node.assert_alive()
         finally:
             await runner.stop()

@@ -46,8 +46,9 @@ async def test_kongtask_install_of_another_schema_leaves_graphile_worker_running
             async def ran() -> bool:
                 return await count_recorded(conn, schema) == 1
 
-            await wait_until(ran, "the Node pool to run a job added after the install",
-                             watch=[node])
+            await wait_until(
+                ran, "the Node pool to run a job added after the install", watch=[node]
+            )
             await node.stop()
         finally:
             await drop_schema(database_url, other)
@@ -60,8 +61,9 @@ async def test_graphile_worker_install_of_another_schema_leaves_kongtask_running
     async with WorkerUtils(database_url, schema=schema) as utils:
         await utils.migrate()
         await create_record_table(conn, schema)
-        runner = await kongtask.run(database_url, {"record": python_recorder(schema)},
-                                    schema=schema, poll_interval=30)
+        runner = await kongtask.run(
+            database_url, {"record": python_recorder(schema)}, schema=schema, poll_interval=30
+        )
         try:
             await gw.migrate(other)
             await utils.add_job("record", {"after": "install"})

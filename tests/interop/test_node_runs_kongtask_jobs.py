@@ -65,83 +65,170 @@ async def test_graphile_worker_runs_every_kind_of_kongtask_job(
         await create_record_table(conn, schema)
 
         plain = await utils.add_job("record")
-        expected[plain.id] = expect(plain, payload={}, queue_name=None, priority=0,
-                                    max_attempts=25, key=None, flags=None)
+        expected[plain.id] = expect(
+            plain, payload={}, queue_name=None, priority=0, max_attempts=25, key=None, flags=None
+        )
         full_payload = {"k": "full", "n": [1, 2.5, None, True], "s": 'ü ✓ "q"\n', "big": 2**53}
-        full = await utils.add_job("other", full_payload, queue_name="q-a", priority=3,
-                                   max_attempts=7, flags=["f2", "f1"], run_at=past)
-        expected[full.id] = expect(full, task_identifier="other", payload=full_payload,
-                                   queue_name="q-a", priority=3, max_attempts=7,
-                                   flags=["f1", "f2"], run_at=past)
+        full = await utils.add_job(
+            "other",
+            full_payload,
+            queue_name="q-a",
+            priority=3,
+            max_attempts=7,
+            flags=["f2", "f1"],
+            run_at=past,
+        )
+        expected[full.id] = expect(
+            full,
+            task_identifier="other",
+            payload=full_payload,
+            queue_name="q-a",
+            priority=3,
+            max_attempts=7,
+            flags=["f1", "f2"],
+            run_at=past,
+        )
 
         # job_key_mode="replace": everything, run_at included, comes from the second call.
-        first = await utils.add_job("record", {"k": "replace", "v": 1}, job_key="k-replace",
-                                    run_at=later, priority=9)
-        replaced = await utils.add_job("record", {"k": "replace", "v": 2}, job_key="k-replace",
-                                       job_key_mode="replace", run_at=past + timedelta(seconds=1),
-                                       priority=2)
+        first = await utils.add_job(
+            "record", {"k": "replace", "v": 1}, job_key="k-replace", run_at=later, priority=9
+        )
+        replaced = await utils.add_job(
+            "record",
+            {"k": "replace", "v": 2},
+            job_key="k-replace",
+            job_key_mode="replace",
+            run_at=past + timedelta(seconds=1),
+            priority=2,
+        )
         assert replaced.id == first.id
-        expected[replaced.id] = expect(replaced, payload={"k": "replace", "v": 2}, priority=2,
-                                       run_at=past + timedelta(seconds=1), key="k-replace",
-                                       revision=1)
+        expected[replaced.id] = expect(
+            replaced,
+            payload={"k": "replace", "v": 2},
+            priority=2,
+            run_at=past + timedelta(seconds=1),
+            key="k-replace",
+            revision=1,
+        )
 
         # "preserve_run_at": the new attributes but the old (due) run_at.
-        await utils.add_job("record", {"k": "preserve", "v": 1}, job_key="k-preserve",
-                            run_at=past + timedelta(seconds=2))
-        preserved = await utils.add_job("record", {"k": "preserve", "v": 2}, job_key="k-preserve",
-                                        job_key_mode="preserve_run_at", run_at=later,
-                                        queue_name="q-b")
-        expected[preserved.id] = expect(preserved, payload={"k": "preserve", "v": 2},
-                                        queue_name="q-b", run_at=past + timedelta(seconds=2),
-                                        revision=1)
+        await utils.add_job(
+            "record",
+            {"k": "preserve", "v": 1},
+            job_key="k-preserve",
+            run_at=past + timedelta(seconds=2),
+        )
+        preserved = await utils.add_job(
+            "record",
+            {"k": "preserve", "v": 2},
+            job_key="k-preserve",
+            job_key_mode="preserve_run_at",
+            run_at=later,
+            queue_name="q-b",
+        )
+        expected[preserved.id] = expect(
+            preserved,
+            payload={"k": "preserve", "v": 2},
+            queue_name="q-b",
+            run_at=past + timedelta(seconds=2),
+            revision=1,
+        )
 
         # "unsafe_dedupe": the existing job keeps its attributes; only its revision moves
         # (graphile-worker bumps it so that the upsert has a row to return).
         kept = await utils.add_job("record", {"k": "dedupe", "v": 1}, job_key="k-dedupe")
-        again = await utils.add_job("record", {"k": "dedupe", "v": 2}, job_key="k-dedupe",
-                                    job_key_mode="unsafe_dedupe", priority=5)
+        again = await utils.add_job(
+            "record",
+            {"k": "dedupe", "v": 2},
+            job_key="k-dedupe",
+            job_key_mode="unsafe_dedupe",
+            priority=5,
+        )
         assert again.id == kept.id and again.revision == 1
         expected[kept.id] = expect(kept, payload={"k": "dedupe", "v": 1}, priority=0, revision=1)
 
         # Forbidden by the Node pool; first in line by priority, so it would have run.
-        forbidden = await utils.add_job("record", {"k": "forbidden"}, flags=["forbidden", "x"],
-                                        priority=-10)
+        forbidden = await utils.add_job(
+            "record", {"k": "forbidden"}, flags=["forbidden", "x"], priority=-10
+        )
         scheduled_at = now + timedelta(seconds=1.5)
         scheduled = await utils.add_job("record", {"k": "scheduled"}, run_at=scheduled_at)
         expected[scheduled.id] = expect(scheduled, payload={"k": "scheduled"}, run_at=scheduled_at)
 
-        batch = await utils.add_jobs([
-            JobSpec("record", {"k": "batch-full"}, queue_name="q-a", max_attempts=3,
-                    job_key="k-batch", priority=1, flags=["b1"], run_at=past),
-            {"identifier": "other", "payload": {"k": "batch-dict"}},
-        ])
+        batch = await utils.add_jobs(
+            [
+                JobSpec(
+                    "record",
+                    {"k": "batch-full"},
+                    queue_name="q-a",
+                    max_attempts=3,
+                    job_key="k-batch",
+                    priority=1,
+                    flags=["b1"],
+                    run_at=past,
+                ),
+                {"identifier": "other", "payload": {"k": "batch-dict"}},
+            ]
+        )
         for job in batch:
             expected[job.id] = expect(job)
         by_k = {job.payload["k"]: job for job in batch}
         assert expected[by_k["batch-full"].id]["flags"] == ["b1"]
 
-        await utils.add_jobs([JobSpec("record", {"k": "batch-replace", "v": 1},
-                                      job_key="k-batch-replace", run_at=later)])
-        [batch_replaced] = await utils.add_jobs([
-            JobSpec("record", {"k": "batch-replace", "v": 2}, job_key="k-batch-replace",
-                    run_at=past + timedelta(seconds=3))
-        ])
-        expected[batch_replaced.id] = expect(batch_replaced, run_at=past + timedelta(seconds=3),
-                                             revision=1)
-        await utils.add_jobs([JobSpec("record", {"k": "batch-preserve", "v": 1},
-                                      job_key="k-batch-preserve",
-                                      run_at=past + timedelta(seconds=4))])
+        await utils.add_jobs(
+            [
+                JobSpec(
+                    "record",
+                    {"k": "batch-replace", "v": 1},
+                    job_key="k-batch-replace",
+                    run_at=later,
+                )
+            ]
+        )
+        [batch_replaced] = await utils.add_jobs(
+            [
+                JobSpec(
+                    "record",
+                    {"k": "batch-replace", "v": 2},
+                    job_key="k-batch-replace",
+                    run_at=past + timedelta(seconds=3),
+                )
+            ]
+        )
+        expected[batch_replaced.id] = expect(
+            batch_replaced, run_at=past + timedelta(seconds=3), revision=1
+        )
+        await utils.add_jobs(
+            [
+                JobSpec(
+                    "record",
+                    {"k": "batch-preserve", "v": 1},
+                    job_key="k-batch-preserve",
+                    run_at=past + timedelta(seconds=4),
+                )
+            ]
+        )
         [batch_preserved] = await utils.add_jobs(
-            [JobSpec("record", {"k": "batch-preserve", "v": 2}, job_key="k-batch-preserve",
-                     run_at=later)],
+            [
+                JobSpec(
+                    "record",
+                    {"k": "batch-preserve", "v": 2},
+                    job_key="k-batch-preserve",
+                    run_at=later,
+                )
+            ],
             job_key_preserve_run_at=True,
         )
-        expected[batch_preserved.id] = expect(batch_preserved,
-                                              payload={"k": "batch-preserve", "v": 2},
-                                              run_at=past + timedelta(seconds=4), revision=1)
+        expected[batch_preserved.id] = expect(
+            batch_preserved,
+            payload={"k": "batch-preserve", "v": 2},
+            run_at=past + timedelta(seconds=4),
+            revision=1,
+        )
 
-        pool = await gw.start_pool(schema, tasks=("record", "other"), concurrency=2,
-                                   forbidden_flags=("forbidden",))
+        pool = await gw.start_pool(
+            schema, tasks=("record", "other"), concurrency=2, forbidden_flags=("forbidden",)
+        )
 
         async def all_ran() -> bool:
             return await count_recorded(conn, schema) >= len(expected)

@@ -71,14 +71,22 @@ async def test_cli_once_runs_all_of_nodes_mixture(
         if i < 10:
             options["jobKey"] = f"key-{i}"
         ops.append(op("addJob", "record", {"i": i}, options))
-    ops.append(op("addJobs", [{"identifier": "record", "payload": {"i": 100 + i}}
-                              for i in range(200)]))
+    ops.append(
+        op("addJobs", [{"identifier": "record", "payload": {"i": 100 + i}} for i in range(200)])
+    )
     results = await gw.add(schema, ops)
     jobs = [*results[:100], *results[100]]
     (tmp_path / "once_tasks.py").write_text(ONCE_TASKS)
     proc = await spawn_kongtask(
-        "run", "-c", database_url, "-s", schema, "--tasks", str(tmp_path / "once_tasks.py"),
-        "--once", env={"ONCE_TABLE": table},
+        "run",
+        "-c",
+        database_url,
+        "-s",
+        schema,
+        "--tasks",
+        str(tmp_path / "once_tasks.py"),
+        "--once",
+        env={"ONCE_TABLE": table},
     )
     _, err = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode == 0, err.decode(errors="replace")
@@ -93,17 +101,28 @@ async def test_run_once_runs_a_whole_named_queue_node_added(
     async with WorkerUtils(database_url, schema=schema) as utils:
         await utils.migrate()
     table = await _runs_table(conn, schema)
-    results = await gw.add(schema, [
-        op("addJobs", [{"identifier": "record", "payload": {"i": i}, "queueName": "serial"}
-                       for i in range(50)]),
-        op("addJobs", [{"identifier": "record", "payload": {"i": i}} for i in range(50)]),
-    ])
+    results = await gw.add(
+        schema,
+        [
+            op(
+                "addJobs",
+                [
+                    {"identifier": "record", "payload": {"i": i}, "queueName": "serial"}
+                    for i in range(50)
+                ],
+            ),
+            op("addJobs", [{"identifier": "record", "payload": {"i": i}} for i in range(50)]),
+        ],
+    )
     jobs = [job for batch in results for job in batch]
 
     async def record(payload: Any, helpers: kongtask.Helpers) -> None:
         job = helpers.job
-        await helpers.with_pg_client(lambda c: c.execute(
-            f"insert into {table} (job_id, queue_name) values ($1, $2)", job.id, job.queue_name))
+        await helpers.with_pg_client(
+            lambda c: c.execute(
+                f"insert into {table} (job_id, queue_name) values ($1, $2)", job.id, job.queue_name
+            )
+        )
 
     assert await kongtask.run_once(database_url, {"record": record}, schema=schema) == 0
     assert await jobs_left(conn, schema) == 0

@@ -46,23 +46,37 @@ async def test_node_and_kongtask_pools_share_named_queues(
         await utils.migrate()
         await create_record_table(conn, schema)
         node = await gw.start_pool(schema, name="node", concurrency=4, poll_interval_ms=50)
-        runner = await kongtask.run(database_url, {"record": python_recorder(schema)},
-                                    schema=schema, concurrency=4, poll_interval=0.05)
+        runner = await kongtask.run(
+            database_url,
+            {"record": python_recorder(schema)},
+            schema=schema,
+            concurrency=4,
+            poll_interval=0.05,
+        )
         try:
             base = now_ms() - timedelta(hours=1)
             started = time.monotonic()
-            await utils.add_jobs_count([
-                JobSpec("record", {"i": i}, queue_name=QUEUES[i % len(QUEUES)],
-                        run_at=base + timedelta(milliseconds=i))
-                for i in range(JOBS)
-            ])
+            await utils.add_jobs_count(
+                [
+                    JobSpec(
+                        "record",
+                        {"i": i},
+                        queue_name=QUEUES[i % len(QUEUES)],
+                        run_at=base + timedelta(milliseconds=i),
+                    )
+                    for i in range(JOBS)
+                ]
+            )
 
             async def drained() -> bool:
-                return (await count_recorded(conn, schema) >= JOBS
-                        and await jobs_left(conn, schema) == 0)
+                return (
+                    await count_recorded(conn, schema) >= JOBS
+                    and await jobs_left(conn, schema) == 0
+                )
 
-            await wait_until(drained, f"{JOBS} jobs drained by both pools", timeout=60,
-                             watch=[node])
+            await wait_until(
+                drained, f"{JOBS} jobs drained by both pools", timeout=60, watch=[node]
+            )
             elapsed = time.monotonic() - started
         finally:
             await runner.stop()
@@ -92,7 +106,10 @@ async def test_node_and_kongtask_pools_share_named_queues(
     )
     assert set(by_runner) == {"kongtask", "node"}, by_runner
     assert by_runner["kongtask"] > 0 and by_runner["node"] > 0
-    assert await conn.fetchval(
-        f"select count(*) from {s}._private_job_queues where locked_by is not null"
-    ) == 0
+    assert (
+        await conn.fetchval(
+            f"select count(*) from {s}._private_job_queues where locked_by is not null"
+        )
+        == 0
+    )
     print(f"{JOBS} jobs in {elapsed:.1f}s; runs per side: {by_runner}")
