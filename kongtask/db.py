@@ -17,6 +17,16 @@ import asyncpg
 
 from .errors import ConfigError
 
+#: What a lost connection, a server restart or a failed statement raises:
+#: the errors a pool's loops survive by retrying (anything else is a bug).
+DB_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    ConnectionError,
+)
+
 # libpq variables that, when set, mean "the environment describes a server".
 _LIBPQ_VARS = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE")
 

@@ -37,18 +37,12 @@ from typing import Any
 import asyncpg
 
 from ._core import decode, dispatch
+from .db import DB_ERRORS
 from .events import EventEmitter
 from .leases import LeaseKeeper
 from .options import WorkerOptions
 from .queries import Queries
 
-_DB_ERRORS = (
-    OSError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-    ConnectionError,
-)
 #: Concurrent fetch statements per pool.
 PIPELINES = 2
 
@@ -307,7 +301,7 @@ class Fetcher:
                 got = await self._fetch(wanted)
             except asyncio.CancelledError:
                 raise
-            except _DB_ERRORS as exc:
+            except DB_ERRORS as exc:
                 self._active -= 1
                 self._inflight -= wanted
                 if not failing:

@@ -14,15 +14,9 @@ from collections.abc import Callable, Iterable
 
 import asyncpg
 
+from .db import DB_ERRORS
 from .queries import Queries
 
-_DB_ERRORS = (
-    OSError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-    ConnectionError,
-)
 STALE_LOCK_SWEEP_INTERVAL = 600.0
 
 
@@ -47,7 +41,7 @@ async def poll_loop(
             since_sweep = 0.0
             try:
                 freed = await pool.fetchval(queries.sweep_stale_locks)
-            except _DB_ERRORS as exc:
+            except DB_ERRORS as exc:
                 log.warning("stale-lock sweep failed: %s", exc)
             else:
                 if freed:
@@ -75,7 +69,7 @@ async def heartbeat_loop(
         try:
             await pool.execute(queries.heartbeat, *heartbeat_args(worker_id, running()))
             row = await pool.fetchrow(queries.recover_dead_workers, dead_after)
-        except _DB_ERRORS as exc:
+        except DB_ERRORS as exc:
             if not failing:
                 failing = True
                 log.warning("heartbeat failed (%s); retrying", exc)

@@ -29,18 +29,12 @@ from typing import Any
 import asyncpg
 
 from ._core import dispatch
+from .db import DB_ERRORS
 from .held import HeldConnection, Hook, usable
 from .queries import Queries
 
 Lease = dispatch.Lease
 
-_DB_ERRORS = (
-    OSError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-    ConnectionError,
-)
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
 
 
@@ -253,7 +247,7 @@ class LeaseKeeper:
                     self._worker_id,
                 )
             await conn.execute("commit")
-        except _DB_ERRORS as exc:
+        except DB_ERRORS as exc:
             await held.discard()
             self._lost(lease, exc, done, failed, unfinished)
             self.give_back(held)

@@ -53,6 +53,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
 
 import asyncpg
 
+from .db import DB_ERRORS
 from .inspect_cli import queue_counts_sql
 
 if TYPE_CHECKING:
@@ -87,8 +88,6 @@ BATCH_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 
 #: Queue gauge states, in the column order of :func:`kongtask.inspect_cli.queue_counts_sql`.
 QUEUE_STATES = ("available", "scheduled", "locked", "failed")
-
-_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError)
 
 
 class _TaskSeries:
@@ -412,7 +411,7 @@ class Metrics:
             if pool is not None:
                 try:
                     await self.refresh_queue_stats(pool, runner.schema)
-                except _DB_ERRORS as exc:
+                except DB_ERRORS as exc:
                     self.queue_refresh_errors.inc()
                     if not failing:
                         log.warning("reading queue gauges failed (%s); will retry", exc)

@@ -33,7 +33,7 @@ from .completion import Completer
 from .config import resolve_schema
 from .cron import CronScheduler
 from .crontab import as_cron_items
-from .db import create_pool, mask_dsn, resolve_dsn
+from .db import DB_ERRORS, create_pool, mask_dsn, resolve_dsn
 from .errors import ConfigError, SchemaTooNew
 from .events import EventEmitter
 from .fetcher import Fetcher, pipelines_for
@@ -47,14 +47,6 @@ from .queries import Queries
 from .tasks import Handler, TaskList, as_task_list
 
 log = logging.getLogger("kongtask.worker")
-
-_DB_ERRORS = (
-    OSError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-    ConnectionError,
-)
 
 
 class Runner:
@@ -449,7 +441,7 @@ class Runner:
                 await self._pool.execute(self.queries.force_unlock_workers, [self.worker_id])
                 if self._heartbeats:
                     await self._pool.execute(self.queries.forget_worker, self.worker_id)
-        except (*_DB_ERRORS, asyncio.TimeoutError) as exc:
+        except (*DB_ERRORS, asyncio.TimeoutError) as exc:
             self.log.error(
                 "could not write final results or unlock (%s); locks of %s "
                 "will be freed by the stale-lock sweep",
@@ -470,7 +462,7 @@ class Runner:
             pool, self._pool = self._pool, None
             try:
                 await asyncio.wait_for(pool.close(), timeout=5)
-            except (*_DB_ERRORS, asyncio.TimeoutError):
+            except (*DB_ERRORS, asyncio.TimeoutError):
                 pool.terminate()
 
     async def _return_local_queue(self) -> None:
@@ -492,7 +484,7 @@ class Runner:
                 await self._pool.execute(
                     self.queries.return_jobs, dispatch.ids_literal(ids), self.worker_id
                 )
-            except _DB_ERRORS as exc:
+            except DB_ERRORS as exc:
                 self.log.error("could not return %d unstarted job(s): %s", len(ids), exc)
                 return
         self.events.emit("localQueue:returnJobs", {"jobs": jobs})

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from functools import cached_property
 
-from .db import quote_ident
+from ..db import quote_ident
 
 # The select list of a job in JOB_COLUMNS order, given the alias `j` for the
 # job row; queue name and task identifier come from scalar lookups so that

@@ -1,0 +1,13 @@
+"""Every SQL statement kongtask runs, kept apart from the code that runs them.
+
+One module per concern, each building its statements once per schema (the
+schema name quoted by :func:`kongtask.db.quote_ident`, every value a bind
+parameter): ``jobs`` holds what clients and worker pools run against the
+queue. The DDL (schema and migrations) lives in the top-level ``sql/``.
+"""
+
+from __future__ import annotations
+
+from .jobs import Queries
+
+__all__ = ["Queries"]
