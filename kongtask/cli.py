@@ -112,11 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--lease-time",
         type=float,
-        default=250.0,
+        default=0.0,
         metavar="MS",
-        help="how long a fetched batch may stay locked by its fetch transaction before "
-        "unfinished jobs are claimed with an update (default 250; 0 = claim at fetch, "
-        "as graphile-worker does)",
+        help="lease plain jobs: a fetched batch stays locked by its fetch transaction for "
+        "up to MS before unfinished jobs are claimed (default 0: claim every job before it "
+        "runs, as graphile-worker does; leases are faster but weaker under faults, see "
+        "docs/guarantees.md)",
     )
     run.add_argument("--complete-batch-delay", type=float, default=2.0, metavar="MS")
     run.add_argument(

@@ -17,12 +17,17 @@ from collections.abc import Callable
 import asyncpg
 
 from ._core import dispatch
-from .held import HeldConnection
+from .held import HeldConnection, tids_literal
 from .queries import Queries
 
 log = logging.getLogger("kongtask.worker")
 
 FailEntry = tuple[int, str, str | None]
+
+
+def _row_count(status: str) -> int:
+    """Rows a statement touched, from its command tag (``DELETE 998``)."""
+    return int(status.rpartition(" ")[2] or 0)
 
 
 class Completer:
@@ -45,7 +50,10 @@ class Completer:
         self._max_batch = max_batch
         self._on_flushed = on_flushed
         self._done: list[int] = []
+        #: Row addresses parallel to ``_done``; None where none is known.
+        self._done_rows: list[str | None] = []
         self._failed: list[FailEntry] = []
+        self._writing: list[int] = []  # ids of the batch a flush is writing
         self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
         self._flushing: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
@@ -64,12 +72,15 @@ class Completer:
         return self._idle.is_set()
 
     def pending_ids(self) -> list[int]:
-        """Ids whose results are buffered: still locked by us, and rightly so."""
-        return [*self._done, *(entry[0] for entry in self._failed)]
+        """Ids whose results are buffered or being written: still locked by us,
+        and rightly so."""
+        return [*self._writing, *self._done, *(entry[0] for entry in self._failed)]
 
-    def complete(self, job_id: int) -> None:
-        """Record a success (the job row will be deleted)."""
+    def complete(self, job_id: int, ctid: str | None) -> None:
+        """Record a success: the row is deleted by its address ``ctid`` when
+        the fetch returned one, else by id."""
         self._done.append(job_id)
+        self._done_rows.append(ctid)
         self._schedule()
 
     def fail(self, job_id: int, message: str, replacement_payload: str | None) -> None:
@@ -100,13 +111,15 @@ class Completer:
         backoff = 0.05
         try:
             while self._done or self._failed:
-                done, failed = self._done, self._failed
-                self._done, self._failed = [], []
+                done, rows, failed = self._done, self._done_rows, self._failed
+                self._done, self._done_rows, self._failed = [], [], []
+                self._writing = [*done, *(entry[0] for entry in failed)]
                 try:
-                    await self._write(done, failed)
+                    await self._write(done, rows, failed)
                 except Exception as exc:
                     # Put the batch back in front and retry: nothing is lost.
                     self._done = done + self._done
+                    self._done_rows = rows + self._done_rows
                     self._failed = failed + self._failed
                     if self._failing_since is None:
                         self._failing_since = self._loop.time()
@@ -120,16 +133,34 @@ class Completer:
                 backoff = 0.05
                 self._on_flushed()
         finally:
+            self._writing = []
             self._flushing = None
             if self._done or self._failed:
                 self._schedule()
             else:
                 self._idle.set()
 
-    async def _write(self, done: list[int], failed: list[FailEntry]) -> None:
+    async def _write(
+        self, done: list[int], rows: list[str | None], failed: list[FailEntry]
+    ) -> None:
         conn = await self._conn.get()
         if done:
-            await conn.execute(self._q.complete_batch, dispatch.ids_literal(done), self._worker_id)
+            by_id = [job_id for job_id, row in zip(done, rows, strict=True) if row is None]
+            if len(by_id) < len(done):
+                addressed = [job_id for job_id, row in zip(done, rows, strict=True) if row]
+                status = await conn.execute(
+                    self._q.complete_by_address,
+                    tids_literal([row for row in rows if row]),
+                    dispatch.ids_literal(addressed),
+                )
+                if _row_count(status) < len(addressed):
+                    # A row moved since it was claimed: delete by id (deleting
+                    # the ones already gone again does nothing).
+                    by_id += addressed
+            if by_id:
+                await conn.execute(
+                    self._q.complete_batch, dispatch.ids_literal(by_id), self._worker_id
+                )
         if failed:
             ids = dispatch.ids_literal([entry[0] for entry in failed])
             messages = [entry[1] for entry in failed]

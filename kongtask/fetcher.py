@@ -1,63 +1,56 @@
-"""The fetch pipelines: when to fetch, how many jobs, and from which statement.
+"""When to fetch and how many jobs: the fetcher's state machine.
 
-Two pipelines run this loop (one for a pool of concurrency 1, which then
-runs its jobs in strict order: ``pipelines_for``), each with a fetch
-connection of its own. One fetch is in flight at a time, started before the
-local queue runs dry so the next batch is locked while the last one runs;
-the second pipeline fetches alongside only while slots wait for jobs (two
-concurrent fetches walk past each other's locked rows, which costs the
-server CPU for nothing otherwise). A wake-up that a pipeline declines for
-that reason is put off, never dropped: the last fetch in flight to end
-passes it on, because that fetch may have started before whatever woke us.
-One fetch cycle is:
+Every reason to look for jobs again is posted to one :class:`Wakeups`
+mailbox: a slot waiting for work or a local queue running low (the
+dispatcher), a ``jobs:insert`` notification (the listener), results written
+(the completer, which may have freed a named queue), a lease settled, the
+poll tick, the run_at timer, recovered jobs (heartbeats), the end of a fetch.
+One coroutine, :meth:`Fetcher.run`, takes the reasons in turn and moves
+between named states; :data:`TRANSITIONS` lists the moves allowed, and any
+other raises.
 
-1. if a job with a named queue or a job key may be due: claim such jobs
-   (the next job of each free queue) with a committed update, because every
-   other client must see them locked (queries.Queries._CLAIMED_KIND);
-2. lock the rest of the batch from the plain jobs, in a lease (see
-   leases.py), or claim them the classic way when ``lease_time`` is 0;
-3. when the batch came back short, read the next future ``run_at`` and set a
-   timer, so a scheduled job starts on time rather than a poll interval late.
+``IDLE``
+    No fetch in flight; waiting for a reason to look.
+``FETCHING``
+    Fetches in flight (one, or two while slots starve: ``pipelines_for``),
+    and nothing has happened since the newest of them began.
+``STALE``
+    Fetches in flight, and a reason to look arrived after the newest began:
+    it may have read the table before the change (a freed queue, new jobs),
+    so when the last one ends the fetcher looks again. A wake-up is thus put
+    off while a fetch is in flight, never dropped.
+``BACKOFF``
+    A fetch failed. The next one waits for the back-off and for every other
+    fetch to end (its claimed rows have not reached us yet), then first gives
+    back what the database says this pool holds but never received.
+``STOPPING``
+    Stop was asked while fetches were in flight; they finish, so the jobs they
+    take come back to the pool and are returned by its shutdown.
+``DRAINED`` (``run_once`` only)
+    A fetch that began after every result was written came back empty, and
+    nothing runs, waits or is being written: the pool may stop.
+``STOPPED``
+    Nothing more will be fetched.
 
-When a batch comes back short the pool is idle: it waits for a ``jobs:insert``
-notification, the poll interval, the ``run_at`` timer, or a finished write
-(which may have freed a named queue).
+One fetch is :class:`~kongtask.fetch_cycle.FetchCycle` (the statements);
+how many jobs it asks for is :class:`BatchSizer`'s call.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
+import enum
 import logging
-import operator
-import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
 
-import asyncpg
-
-from ._core import decode, dispatch
+from ._core import dispatch
 from .db import DB_ERRORS
 from .events import EventEmitter
-from .leases import LeaseKeeper
-from .options import WorkerOptions
-from .queries import Queries
+from .fetch_cycle import FetchCycle, Fetched
 
 #: Concurrent fetch statements per pool.
 PIPELINES = 2
-
-#: Seconds a lease fetch may resume after its own last job before it scans
-#: the due jobs from the top again (which finds anything it stepped over).
-RESCAN_AFTER = 0.5
-
-
-#: Where the row address sits in a leased row, and the lease index's order
-#: (priority, run_at, id) of a leased row: where a resumed fetch starts.
-_CTID = decode.LEASED_COLUMNS.index("ctid")
-_RESUME_KEY = operator.itemgetter(
-    *(decode.LEASED_COLUMNS.index(name) for name in ("priority", "run_at", "id"))
-)
-_PG_EPOCH = 946_684_800  # 2000-01-01 UTC, PostgreSQL's epoch, in Unix seconds
 
 
 def pipelines_for(concurrency: int) -> int:
@@ -72,18 +65,105 @@ def pipelines_for(concurrency: int) -> int:
     return 1 if concurrency == 1 else PIPELINES
 
 
-def _pg_now() -> int:
-    """This moment as PostgreSQL's timestamptz microseconds: a leased job's
-    ``locked_at`` (its row stays unclaimed, so no server clock says when)."""
-    return int((time.time() - _PG_EPOCH) * 1_000_000)
+class Wake(enum.IntFlag):
+    """Why the fetcher was woken; several coalesce into one take."""
+
+    SLOTS = enum.auto()  # a slot waits for a job, or the local queue ran low
+    INSERTED = enum.auto()  # a jobs:insert notification
+    WRITTEN = enum.auto()  # results of claimed jobs written: a named queue may be free
+    SETTLED = enum.auto()  # a lease settled (it held plain jobs only: no queue freed)
+    POLL = enum.auto()  # the poll interval passed: a notification may have been missed
+    DUE = enum.auto()  # the earliest future job is due (the run_at timer)
+    FREED = enum.auto()  # recovery freed the jobs of dead workers
+    FETCHED = enum.auto()  # a fetch ended
+    RETRY = enum.auto()  # the back-off after a failed fetch is over
+    STOP = enum.auto()
+
+
+class Wakeups:
+    """The mailbox every source of "look for jobs again" posts to.
+
+    The sources hold bound methods of this object, never the fetcher, so a
+    job's path and its wake-ups both run one way: into the fetcher.
+    """
+
+    __slots__ = ("_event", "_pending", "writes")
+
+    def __init__(self) -> None:
+        self._pending = Wake(0)
+        self._event = asyncio.Event()
+        #: Result writes so far (of claimed jobs or leases); run_once compares it.
+        self.writes = 0
+
+    def post(self, reason: Wake) -> None:
+        self._pending |= reason
+        self._event.set()
+
+    def slots_hungry(self) -> None:
+        self.post(Wake.SLOTS)
+
+    def jobs_inserted(self, count: int) -> None:
+        self.post(Wake.INSERTED)
+
+    def results_written(self) -> None:
+        self.writes += 1
+        self.post(Wake.WRITTEN)
+
+    def lease_settled(self) -> None:
+        self.writes += 1
+        self.post(Wake.SETTLED)
+
+    def poll(self) -> None:
+        self.post(Wake.POLL)
+
+    def jobs_freed(self) -> None:
+        self.post(Wake.FREED)
+
+    def nudge(self) -> None:
+        """Look now (the pool started, the listener connected)."""
+        self.post(Wake.POLL)
+
+    async def take(self) -> Wake:
+        """The reasons posted since the last take (waits for at least one)."""
+        await self._event.wait()
+        self._event.clear()
+        reasons, self._pending = self._pending, Wake(0)
+        return reasons
+
+
+class State(enum.Enum):
+    IDLE = "idle"
+    FETCHING = "fetching"
+    STALE = "stale"
+    BACKOFF = "backoff"
+    STOPPING = "stopping"
+    DRAINED = "drained"
+    STOPPED = "stopped"
+
+
+#: Every move the fetcher may make; anything else is a bug and raises.
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.IDLE: frozenset({State.FETCHING, State.DRAINED, State.STOPPED}),
+    State.FETCHING: frozenset(
+        {State.STALE, State.IDLE, State.BACKOFF, State.STOPPING, State.STOPPED}
+    ),
+    State.STALE: frozenset(
+        {State.FETCHING, State.IDLE, State.BACKOFF, State.STOPPING, State.STOPPED}
+    ),
+    State.BACKOFF: frozenset({State.FETCHING, State.STOPPING, State.STOPPED}),
+    State.STOPPING: frozenset({State.STOPPED}),
+    State.DRAINED: frozenset({State.STOPPED}),
+    State.STOPPED: frozenset(),
+}
 
 
 class BatchSizer:
     """How many jobs to ask for: about ``HORIZON`` seconds of work at the recent pace.
 
     Big batches make a drain cheap (one statement and one commit for
-    hundreds of jobs); but a pool whose jobs are slow must not lock hundreds
-    it will only start minutes later, while other pools idle. So the batch
+    hundreds of jobs); but a pool whose jobs are slow must not take hundreds
+    it will only start minutes later, while other pools idle (and, in claim
+    mode, each job taken counts an attempt should the pool die). So the batch
     follows the rate at which this pool starts jobs, never below what free
     slots need right now and never above ``max_batch``.
     """
@@ -111,124 +191,239 @@ class BatchSizer:
         return max(1, min(self._max, max(need, int(self._rate * self.HORIZON))))
 
 
+@dataclass(slots=True)
+class _InFlight:
+    """A fetch in flight and what it was started with."""
+
+    wanted: int
+    writes_at_start: int
+
+
 class Fetcher:
-    """Fetch pipelines of one pool, and the wake-ups that drive them."""
+    """The state machine of one pool's fetching (see the module docstring)."""
 
     def __init__(
         self,
         *,
-        queries: Queries,
-        worker_id: str,
-        dispatcher: Any,
-        keeper: LeaseKeeper,
-        completer: Any,
-        pool: asyncpg.Pool,
-        options: WorkerOptions,
-        events: EventEmitter,
-        log: logging.Logger,
-        once: bool,
-        on_drained: Callable[[], None],
+        cycle: FetchCycle,
+        wakeups: Wakeups,
+        dispatcher: dispatch.Dispatcher,
+        busy: Callable[[], bool],
+        concurrency: int,
+        max_batch: int,
         pipelines: int,
+        once: bool,
+        events: EventEmitter,
+        worker_id: str,
+        log: logging.Logger,
     ) -> None:
-        self._q = queries
-        self._worker_id = worker_id
+        self._cycle = cycle
+        self._wakeups = wakeups
         self._dispatcher = dispatcher
-        self._keeper = keeper
-        self._completer = completer
-        self._pool = pool
-        self._options = options
-        self._events = events
-        self.log = log
+        self._busy = busy
+        self._sizer = BatchSizer(concurrency, max_batch)
+        self.pipelines = pipelines
         self._once = once
-        self._on_drained = on_drained
-        self._lease_time = options.lease_time
-        self.pipelines = pipelines  # fetch loops the pool runs (pipelines_for)
-        self._sizer = BatchSizer(options.concurrency, options.max_batch)
-        self._sql = {
-            (kind, flags): getattr(queries, kind)(with_flags=flags)
-            for kind in ("claim_keyed_or_queued", "claim_plain", "lease_plain")
-            for flags in (False, True)
-        }
-        for flags in (False, True):
-            self._sql["lease_plain_resume", flags] = queries.lease_plain(
-                with_flags=flags, resume=True
-            )
-        self._task_ids = "{}"  # an array literal (dispatch.ids_literal)
-        self._task_names: list[str] = []
-        self._names_by_id: dict[int, str] = {}
-        self.wakeup = asyncio.Event()
-        self.stopping = False
-        self._active = 0  # fetch cycles in flight
-        self._inflight = 0  # jobs those cycles may bring
+        self._events = events
+        self._worker_id = worker_id
+        self.log = log
+        self.state = State.IDLE
+        self._inflight: dict[asyncio.Task[Fetched], _InFlight] = {}
+        self._ended: list[tuple[asyncio.Task[Fetched], _InFlight]] = []
+        self._inflight_jobs = 0
+        # Data the reasons leave behind (not states: they say *what* to fetch).
         self._more = False  # the last fetch was full: more jobs are probably due
-        self._changed = True  # something may have moved the earliest future run_at
-        self._claimable_due = True  # a keyed or queued job may be runnable
-        self._need_reclaim = False  # a claim failed: we may hold jobs we never received
-        self._deferred = False  # a wake-up came while a fetch was in flight: pass it on
+        self._claim_queues = True  # a keyed or queued job may be runnable
+        self._look_ahead = True  # something may have moved the earliest future run_at
+        self._reclaim = False  # set in BACKOFF: give back what we may hold unseen
+        self._retry_due = False
+        self._failing = False
+        self._delay = 0.05
         self._run_at_timer: asyncio.TimerHandle | None = None
-        # Where the next lease fetch may start: after the last job this pool
-        # leased (priority, run_at, id). What lies before it is held by this
-        # pool's leases or already deleted (dead index entries a scan would
-        # walk). Forgotten when a batch comes back short, when something
-        # may have added jobs before it (a notification, the poll, the run_at
-        # timer), and RESCAN_AFTER seconds after the last full scan.
-        self._resume: tuple[int, Any, int] | None = None
-        self._full_scan_at = 0.0
-        self._flushes = 0  # writes finished (results or leases); run_once compares it
+        self._retry_timer: asyncio.TimerHandle | None = None
 
-    def set_tasks(self, task_ids: list[int], task_names: list[str]) -> None:
-        """The tasks this pool runs (ids and identifiers, in the same order)."""
-        self._task_ids = dispatch.ids_literal(task_ids)
-        self._task_names = list(task_names)
-        self._names_by_id = dict(zip(task_ids, task_names, strict=True))
+    # ------------------------------------------------------------ transitions
+    def _move(self, state: State) -> None:
+        if state is self.state:
+            return
+        if state not in TRANSITIONS[self.state]:
+            raise AssertionError(f"fetcher: {self.state.name} -> {state.name} is not allowed")
+        self.state = state
 
-    # --------------------------------------------------------------- wake-ups
-    def nudge(self) -> None:
-        """Ask for a fetch soon (idempotent)."""
-        self.wakeup.set()
+    def stop(self) -> None:
+        """Stop fetching; fetches in flight finish, so the jobs they take come back."""
+        self._wakeups.post(Wake.STOP)
 
-    def request_fetch(self) -> None:
-        """The dispatcher's local queue runs low, or a slot is waiting."""
-        if self._active < self.pipelines:
-            self.wakeup.set()
+    async def run(self) -> State:
+        """Fetch until stopped, or (``run_once``) until drained; returns the final state."""
+        self._look()
+        while self.state not in (State.STOPPED, State.DRAINED):
+            self._absorb(await self._wakeups.take())
+        for timer in (self._run_at_timer, self._retry_timer):
+            if timer is not None:
+                timer.cancel()
+        return self.state
 
-    def on_insert(self, count: int) -> None:
-        """A ``jobs:insert`` notification."""
-        self._resume = None
-        self._changed = True
-        self._claimable_due = True
-        if count > 0 and not self._more:
-            self.wakeup.set()
+    def _absorb(self, reasons: Wake) -> None:
+        if reasons & Wake.STOP:
+            self._move(State.STOPPING if self._inflight else State.STOPPED)
+        if reasons & Wake.FETCHED:
+            ended, self._ended = self._ended, []
+            for task, fetch in ended:
+                self._fetch_ended(task, fetch)
+        if self.state in (State.STOPPING, State.STOPPED, State.DRAINED):
+            if self.state is State.STOPPING and not self._inflight:
+                self._move(State.STOPPED)
+            return
+        if reasons & Wake.RETRY:
+            self._retry_due = True
+        look = bool(reasons & (Wake.SLOTS | Wake.DUE | Wake.FREED))
+        if reasons & (Wake.INSERTED | Wake.DUE | Wake.FREED):
+            self._cycle.forget_resume()
+            self._claim_queues = True
+            self._look_ahead = True
+        if reasons & Wake.INSERTED and not self._more:
+            look = True
+        if reasons & Wake.WRITTEN:
+            self._claim_queues = True
+        if reasons & (Wake.WRITTEN | Wake.SETTLED) and (not self._more or self._once):
+            look = True
+        if reasons & Wake.POLL:
+            self._cycle.forget_resume()
+            if not self._more:
+                self._claim_queues = True
+                self._look_ahead = True
+                look = True
+        if self.state is State.BACKOFF:
+            if self._retry_due and not self._inflight:
+                self._start(reclaim=True)
+        elif look:
+            self._look()
 
-    def on_flushed(self) -> None:
-        """Claimed jobs' results were written: named queues may be free again."""
-        self._claimable_due = True
-        self._on_written()
+    def _look(self) -> None:
+        """A reason to look for jobs: fetch now if there is room, else remember it."""
+        if self.state in (State.IDLE, State.FETCHING, State.STALE):
+            if (not self._inflight or self._may_add_fetch()) and self._start(reclaim=False):
+                return
+            if self._inflight:
+                self._move(State.STALE)
 
-    def on_settled(self) -> None:
-        """A lease settled. It held only plain jobs, so no queue was freed: the
-        keyed-or-queued claim is not run again because of it."""
-        self._on_written()
+    def _room(self) -> tuple[int, int]:
+        """(batch size, how many jobs a fetch may bring now)."""
+        d = self._dispatcher
+        queued = d.queued()
+        loop = asyncio.get_running_loop()
+        batch = self._sizer.size(d.started, len(d.running), queued, loop.time())
+        d.low_water = batch
+        # Up to one batch queued locally plus one per fetch in flight.
+        room = 2 * batch - queued - self._inflight_jobs + d.idle_slots()
+        return batch, room
 
-    def _on_written(self) -> None:
-        self._flushes += 1
-        if not self._more or self._once:
-            self.wakeup.set()
+    def _may_add_fetch(self) -> bool:
+        """Whether a second fetch may join the one in flight."""
+        if len(self._inflight) >= self.pipelines:
+            return False
+        # Only while slots starve: otherwise a second fetch walks past the rows
+        # the first is taking (server CPU spent on skipped rows) for no gain.
+        return bool(self._dispatcher.idle_slots())
 
-    def on_poll(self) -> None:
-        """The poll interval passed: look again in case a notification was missed."""
-        self._resume = None
+    def _start(self, *, reclaim: bool) -> bool:
+        batch, room = self._room()
+        if self._inflight and room < max(1, batch // 5):
+            return False  # the fetch in flight brings nearly all there is room for
+        if room <= 0:
+            return False  # the local queue is full: a slot that finds it low asks again
+        wanted = min(room, batch)
+        claim_queues, self._claim_queues = self._claim_queues, False
+        look_ahead = self._look_ahead or not self._more
+        if reclaim:
+            self._retry_due = False
+            claim_queues = True
+        task = asyncio.get_running_loop().create_task(
+            self._cycle.run(
+                wanted, claim_queues=claim_queues, reclaim=reclaim, look_ahead=look_ahead
+            )
+        )
+        fetch = _InFlight(wanted, self._wakeups.writes)
+        self._inflight[task] = fetch
+        self._inflight_jobs += wanted
+        task.add_done_callback(self._on_task_done)
+        self._move(State.FETCHING)
+        return True
+
+    def _on_task_done(self, task: asyncio.Task[Fetched]) -> None:
+        self._ended.append((task, self._inflight[task]))
+        self._wakeups.post(Wake.FETCHED)
+
+    def _fetch_ended(self, task: asyncio.Task[Fetched], fetch: _InFlight) -> None:
+        del self._inflight[task]
+        self._inflight_jobs -= fetch.wanted
+        error = None if task.cancelled() else task.exception()
+        if task.cancelled() or error is not None:
+            self._claim_queues = True  # the claim may not have run; its jobs are still due
+            if error is not None and not isinstance(error, DB_ERRORS):
+                raise error  # a bug: the pool's watchdog stops loudly
+            if self.state in (State.STOPPING, State.STOPPED):
+                return
+            if not self._failing:
+                self._failing = True
+                self.log.warning("fetching jobs failed (%s); retrying", error)
+                self._events.emit("worker:getJob:error", {"error": error})
+            self._move(State.BACKOFF)
+            self._retry_due = False
+            if self._retry_timer is not None:
+                self._retry_timer.cancel()
+            self._retry_timer = asyncio.get_running_loop().call_later(
+                self._delay, self._wakeups.post, Wake.RETRY
+            )
+            self._delay = min(self._delay * 2, 5.0)
+            return
+        result = task.result()
+        if self._failing:
+            self._failing = False
+            self._delay = 0.05
+            self.log.warning("fetching jobs works again")
+        if result.queues_full:
+            self._claim_queues = True
+        self._more = result.got >= fetch.wanted
+        self._dispatcher.more = self._more
         if not self._more:
-            self._changed = True
-            self._claimable_due = True
-            self.wakeup.set()
+            self._look_ahead = False
+            if result.next_due is not None:
+                self._set_run_at_timer(result.next_due)
+        if not result.got:
+            self._events.emit("worker:getJob:empty", {"worker_id": self._worker_id})
+        if self.state in (State.STOPPING, State.STOPPED, State.BACKOFF):
+            return
+        if self._inflight:
+            if self._more and self._dispatcher.queued() <= self._dispatcher.low_water:
+                self._look()
+            return
+        # The last fetch in flight has ended.
+        if self.state is State.STALE:
+            self._move(State.FETCHING)  # so that a fetch that cannot start leaves IDLE
+            if not self._start(reclaim=False):
+                self._move(State.IDLE)
+            return
+        if self._more and self._start(reclaim=False):
+            return
+        self._move(State.IDLE)
+        if self._once and not result.got:
+            self._check_drained(fetch)
 
-    def _on_run_at_timer(self) -> None:
-        self._run_at_timer = None
-        self._resume = None
-        self._changed = True
-        self._claimable_due = True
-        self.wakeup.set()
+    def _check_drained(self, fetch: _InFlight) -> None:
+        """run_once: stop when nothing is due, in hand or being written.
+
+        A result still being written may free a named queue whose next job is
+        then due, so the pool only stops after a fetch that started once every
+        result was written came back empty.
+        """
+        if self._busy():
+            return  # a finishing job, flush or settle wakes us again
+        if fetch.writes_at_start != self._wakeups.writes:
+            self._look()  # something was written meanwhile: look once more
+            return
+        self._move(State.DRAINED)
 
     def _set_run_at_timer(self, delay: float) -> None:
         loop = asyncio.get_running_loop()
@@ -238,284 +433,11 @@ class Fetcher:
             if timer.when() <= when:
                 return
             timer.cancel()
-        self._run_at_timer = loop.call_at(when, self._on_run_at_timer)
+        self._run_at_timer = loop.call_at(when, self._run_at_due)
 
-    def stop(self) -> None:
-        """Stop fetching; a fetch in flight finishes, so the jobs it locks come back."""
-        self.stopping = True
-        self.wakeup.set()
-        if self._run_at_timer is not None:
-            self._run_at_timer.cancel()
-            self._run_at_timer = None
+    def _run_at_due(self) -> None:
+        self._run_at_timer = None
+        self._wakeups.post(Wake.DUE)
 
-    # ------------------------------------------------------------------ fetch
-    async def _forbidden_flags(self) -> list[str] | None:
-        source = self._options.forbidden_flags
-        if source is None:
-            return None
-        value: Any = source() if callable(source) else source
-        if inspect.isawaitable(value):
-            value = await value
-        if not value:
-            return None
-        return [str(flag) for flag in value]
 
-    def _want_prefetch(self) -> bool:
-        """A pipeline is free and less than a batch is queued or on its way."""
-        dispatcher = self._dispatcher
-        return (
-            self._active < self.pipelines
-            and dispatcher.queued() + self._inflight <= dispatcher.low_water
-        )
-
-    async def run(self) -> None:
-        """One pipeline: fetch whenever woken and there is room, until stopped."""
-        delay = 0.05
-        failing = False
-        dispatcher = self._dispatcher
-        loop = asyncio.get_running_loop()
-        while not self.stopping:
-            await self.wakeup.wait()
-            self.wakeup.clear()
-            if self.stopping:
-                return
-            queued = dispatcher.queued()
-            batch = self._sizer.size(
-                dispatcher.started, len(dispatcher.running), queued, loop.time()
-            )
-            dispatcher.low_water = batch
-            # Up to one batch queued locally plus one per pipeline in flight.
-            room = 2 * batch - queued - self._inflight + dispatcher.idle_slots()
-            if room <= 0 or (self._active and self._second_fetch_waits(room, batch)):
-                # Put off, not dropped: a fetch in flight may have started before
-                # what woke us (a freed queue, new jobs), so the wake-up is passed
-                # on when it ends. (With none in flight, the local queue is full:
-                # a slot that finds it empty asks for the next fetch.)
-                self._deferred = self._deferred or self._active > 0
-                continue
-            wanted = min(room, batch)
-            self._active += 1
-            self._inflight += wanted
-            written = self._flushes
-            try:
-                got = await self._fetch(wanted)
-            except asyncio.CancelledError:
-                raise
-            except DB_ERRORS as exc:
-                self._active -= 1
-                self._inflight -= wanted
-                if not failing:
-                    failing = True
-                    self.log.warning("fetching jobs failed (%s); retrying", exc)
-                    self._events.emit("worker:getJob:error", {"error": exc})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                self.wakeup.set()
-                continue
-            self._active -= 1
-            self._inflight -= wanted
-            if self._deferred and not self._active:
-                # The last fetch in flight passes on what was put off (passing
-                # it on to a fetch still running would only have the two
-                # pipelines defer to each other forever).
-                self._deferred = False
-                self.wakeup.set()
-            if self._need_reclaim:
-                self.wakeup.set()  # the other pipeline waits to reclaim alone
-            if failing:
-                failing = False
-                delay = 0.05
-                self.log.warning("fetching jobs works again")
-            self._more = got >= wanted
-            dispatcher.more = self._more
-            if not got:
-                self._events.emit("worker:getJob:empty", {"worker_id": self._worker_id})
-                if self._once:
-                    self._check_drained(written)
-            elif self._more and self._want_prefetch():
-                self.wakeup.set()
-
-    def _second_fetch_waits(self, room: int, batch: int) -> bool:
-        """Whether a fetch should wait for the one in flight instead of joining it."""
-        if room < max(1, batch // 5):
-            return True  # the fetch in flight brings nearly all there is room for
-        if not self._dispatcher.idle_slots():
-            # A second fetch in flight only while slots starve: otherwise it
-            # walks past the rows the first one is locking (server CPU spent on
-            # skipped rows) for no gain in throughput.
-            return True
-        # The reclaim gives back every job claimed by this worker that we do
-        # not hold; a fetch in flight holds some we have not seen yet.
-        return self._need_reclaim
-
-    def _check_drained(self, written: int) -> None:
-        """run_once: stop when nothing is due, in hand or being written.
-
-        A result still being written may free a named queue whose next job is
-        then due, so the pool only stops after a fetch that started once every
-        result was written came back empty.
-        """
-        dispatcher = self._dispatcher
-        if self._active:
-            # The other pipeline's fetch decides, whatever it brings: its jobs
-            # may all be run and written before it ends, and then nothing
-            # else would wake us.
-            self._deferred = True
-            return
-        busy = (
-            dispatcher.running
-            or dispatcher.queued()
-            or not self._completer.idle
-            or self._keeper.pending()
-        )
-        if busy:
-            return  # a finishing job, flush or settle wakes us again
-        if written != self._flushes:
-            self.wakeup.set()  # something was written meanwhile: look once more
-            return
-        self._on_drained()
-
-    async def _fetch(self, wanted: int) -> int:
-        """One fetch cycle (see the module docstring); returns how many jobs came."""
-        keeper = self._keeper
-        held = await keeper.connection()
-        owned_by_lease = False
-        lease = None
-        armed = False
-        claiming = False
-        report = self._events.has("localQueue:getJobs:complete")
-        delivered: list[Any] = []  # only filled when somebody listens for the batch
-        deliver = self._dispatcher.deliver
-        try:
-            async with held.lock:
-                if self._need_reclaim:
-                    await self._reclaim_orphans()
-                    self._need_reclaim = False
-                flags = await self._forbidden_flags()
-                conn = await held.get()
-                args: list[Any] = [self._worker_id, self._task_ids, wanted, self._task_names]
-                if flags:
-                    args.append(flags)
-                with_flags = bool(flags)
-                got = 0
-                if self._claimable_due:
-                    self._claimable_due = False
-                    claiming = True
-                    rows = await conn.fetch(self._sql["claim_keyed_or_queued", with_flags], *args)
-                    claiming = False
-                    if rows:
-                        got = len(rows)
-                        jobs = decode.decode_jobs(rows)
-                        deliver(jobs)
-                        if report:
-                            delivered += jobs
-                        if got >= wanted:
-                            self._claimable_due = True  # there may be more free queues
-                rest = wanted - got
-                if rest > 0:
-                    args[2] = rest
-                    if self._lease_time > 0:
-                        await conn.execute("begin")
-                        lease = keeper.begin(held)
-                        owned_by_lease = True
-                        lease_args: list[Any] = [self._task_ids, rest]
-                        if flags:
-                            lease_args.append(flags)
-                        now = time.monotonic()
-                        resume = self._resume
-                        locked_at = _pg_now()
-                        rows = None
-                        if resume is not None and now - self._full_scan_at < RESCAN_AFTER:
-                            rows = await conn.fetch(
-                                self._sql["lease_plain_resume", with_flags], *lease_args, *resume
-                            )
-                        if not rows:
-                            # No resume point, or nothing due after it: what is
-                            # due may lie before it, so read from the top (an
-                            # empty fetch may end run_once only when it is this one).
-                            self._full_scan_at = now
-                            rows = await conn.fetch(
-                                self._sql["lease_plain", with_flags], *lease_args
-                            )
-                        self._note_resume(rows, rest)
-                        if rows:
-                            jobs = decode.decode_leased(
-                                rows, lease, self._names_by_id, self._worker_id, locked_at
-                            )
-                            keeper.arm(lease, jobs, [row[_CTID] for row in rows])
-                            armed = True
-                            got += len(jobs)
-                            deliver(jobs)
-                            if report:
-                                delivered += jobs
-                        else:
-                            keeper.abandon(lease)
-                            owned_by_lease = False
-                            lease = None
-                            await conn.execute("rollback")
-                    else:
-                        claiming = True
-                        rows = await conn.fetch(self._sql["claim_plain", with_flags], *args)
-                        claiming = False
-                        if rows:
-                            jobs = decode.decode_jobs(rows)
-                            got += len(jobs)
-                            deliver(jobs)
-                            if report:
-                                delivered += jobs
-                next_due = None
-                if got < wanted and (self._changed or not got):
-                    # After the jobs are handed out: this round trip would add
-                    # its latency to theirs.
-                    next_due = await conn.fetchval(self._q.next_run_at, self._task_ids)
-        except BaseException:
-            if claiming:
-                # The claim may have committed unseen (reclaim what we hold but
-                # never got), or not at all: its jobs are still due either way.
-                self._need_reclaim = True
-                self._claimable_due = True
-            if lease is not None and not armed:
-                keeper.abandon(lease)
-                owned_by_lease = False
-            if not owned_by_lease:
-                await held.discard()
-                keeper.give_back(held)
-            raise
-        if not owned_by_lease:
-            keeper.give_back(held)
-        if got < wanted:
-            self._changed = False
-            if next_due is not None:
-                self._set_run_at_timer(float(next_due))
-        if got and report:
-            self._events.emit(
-                "localQueue:getJobs:complete", {"jobs": delivered, "worker_id": self._worker_id}
-            )
-        return got
-
-    def _note_resume(self, rows: list[Any], wanted: int) -> None:
-        if len(rows) < wanted:
-            self._resume = None  # the end of the due jobs: start from the top next time
-            return
-        key = _RESUME_KEY(rows[-1])
-        if self._resume is None or key > self._resume:
-            self._resume = key
-
-    async def _reclaim_orphans(self) -> None:
-        """After a failed claim, free jobs the database says we hold but we never got.
-
-        A claim can commit and then lose its connection before the rows reach
-        us; those jobs would stay locked for hours. Everything claimed by this
-        worker id that is not running, queued locally or awaiting its result
-        is given back with its attempt undone. Leased jobs need none of this:
-        a lost lease connection rolls back by itself.
-        """
-        dispatcher = self._dispatcher
-        held = [
-            *dispatcher.running,
-            *(job.id for job in dispatcher.local),
-            *self._completer.pending_ids(),
-        ]
-        await self._pool.execute(
-            self._q.return_orphans, self._worker_id, dispatch.ids_literal(held)
-        )
+__all__ = ["PIPELINES", "TRANSITIONS", "BatchSizer", "Fetcher", "State", "Wake", "Wakeups"]

@@ -100,3 +100,12 @@ def usable(conn: Any) -> bool:
         return not conn.is_closed()
     except asyncpg.InterfaceError:
         return False
+
+
+def tids_literal(ctids: list[str]) -> str:
+    """The ``tid[]`` literal of row addresses as PostgreSQL prints them (``(0,1)``).
+
+    Text, cast by the statement, as for job ids: a ``tid[]`` parameter would
+    make asyncpg introspect the type on every new connection.
+    """
+    return '{"' + '","'.join(ctids) + '"}' if ctids else "{}"

@@ -69,6 +69,10 @@ class HelperContext:
             },
         )
 
+    def run_in_thread(self, handler: Callable[..., T], payload: Any, helpers: Any) -> Awaitable[T]:
+        """Run a sync handler in the loop's default thread pool."""
+        return self.loop.run_in_executor(None, handler, payload, helpers)
+
     async def with_pg_client(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         """Run ``fn`` with a connection borrowed from the worker's pool."""
         async with self.pool.acquire() as conn:

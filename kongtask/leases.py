@@ -30,7 +30,7 @@ import asyncpg
 
 from ._core import dispatch
 from .db import DB_ERRORS
-from .held import HeldConnection, Hook, usable
+from .held import HeldConnection, Hook, tids_literal, usable
 from .queries import Queries
 
 Lease = dispatch.Lease
@@ -67,15 +67,6 @@ async def decode_timestamps_as_micros(conn: Any) -> None:
 
 async def _reset_codec(conn: Any) -> None:
     await conn.reset_type_codec("timestamptz", schema="pg_catalog")
-
-
-def tids_literal(ctids: list[str]) -> str:
-    """The ``tid[]`` literal of row addresses as PostgreSQL prints them (``(0,1)``).
-
-    Text, cast by the statement, as for job ids: a ``tid[]`` parameter would
-    make asyncpg introspect the type on every new connection.
-    """
-    return '{"' + '","'.join(ctids) + '"}' if ctids else "{}"
 
 
 def _done_rows(lease: Any) -> list[str]:
@@ -134,6 +125,15 @@ class LeaseKeeper:
         self.open: set[Any] = set()
         self._settling: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()
+        # Every lease sets its own idle timeout with SET LOCAL, so a shorter one
+        # of the database or role (or one a PgBouncer session lacks) never ends
+        # a lease while its jobs run, and one that never settles (an event loop
+        # stalled by a sync handler run on it) is still ended by PostgreSQL.
+        # An int formatted into a fixed statement: SET takes no parameters.
+        idle_ms = int(max(60.0, 20 * lease_time) * 1000)
+        self.begin_statement = (
+            f"begin; set local idle_in_transaction_session_timeout = '{idle_ms}ms'"
+        )
 
     async def _setup(self, conn: Any) -> None:
         await decode_timestamps_as_micros(conn)
@@ -146,13 +146,6 @@ class LeaseKeeper:
         # of a 1,000-element id or ctid array: a tenth of the server's CPU in a
         # drain.
         await conn.execute("set plan_cache_mode = force_generic_plan")
-        if self.lease_time > 0:
-            # A safety net for a worker whose event loop stalls (a sync handler
-            # run on it, say): PostgreSQL ends the lease and frees its jobs.
-            await conn.execute(
-                "select set_config('idle_in_transaction_session_timeout', $1, false)",
-                f"{int(max(60.0, 20 * self.lease_time) * 1000)}ms",
-            )
 
     # ----------------------------------------------------------- connections
     async def connection(self) -> FetchConnection:
@@ -186,10 +179,10 @@ class LeaseKeeper:
         lease.jobs = []
         self.open.discard(lease)
 
-    def arm(self, lease: Any, jobs: list[Any], ctids: list[str]) -> None:
+    def arm(self, lease: Any, jobs: list[Any]) -> None:
         """Give the lease its jobs, their rows' addresses and its deadline."""
         lease.jobs = jobs
-        lease.ctids = ctids
+        lease.ctids = [job.ctid for job in jobs]
         lease.unfinished = len(jobs)
         lease.timer = self._loop.call_later(self.lease_time, self._deadline, lease)
 
@@ -278,7 +271,7 @@ class LeaseKeeper:
         by another worker meanwhile: at-least-once, never lost.
         """
         for job_id in done:
-            self._completer.complete(job_id)
+            self._completer.complete(job_id, None)
         self.log.warning(
             "a lease of %d job(s) ended with its connection (%s): %d success(es) written "
             "again, %d failure(s) and %d running job(s) may run again",

@@ -34,8 +34,9 @@ def check_pool_size(what: str, size: int) -> None:
         )
 
 
-#: Default time a fetched batch of unqueued jobs may stay locked by its fetch
-#: transaction before its unfinished jobs are claimed with a row update.
+#: How long a leased batch stays locked by its fetch transaction before its
+#: unfinished jobs are claimed with a row update, for tasks that opt into
+#: leases (``lease=True``) on a pool that does not lease (``lease_time=0``).
 DEFAULT_LEASE_TIME = 0.25
 
 
@@ -47,7 +48,7 @@ class WorkerOptions:
     schema: str | None = None
     poll_interval: float = 2.0
     local_queue_size: int | None = None
-    lease_time: float = DEFAULT_LEASE_TIME
+    lease_time: float = 0.0
     complete_batch_delay: float = 0.002
     complete_batch_size: int = 1000
     forbidden_flags: ForbiddenFlags = None
@@ -64,6 +65,7 @@ class WorkerOptions:
     worker_id: str | None = None
     migrate: bool = True
     connect_kwargs: dict[str, Any] = field(default_factory=dict)
+    listen_dsn: str | None = None
 
     def validate(self) -> None:
         """Reject nonsense early, naming the option."""
@@ -95,6 +97,12 @@ class WorkerOptions:
     def max_batch(self) -> int:
         """The most jobs one fetch may lock."""
         return self.local_queue_size or max(DEFAULT_LOCAL_QUEUE_SIZE, self.concurrency)
+
+    @property
+    def lease_seconds(self) -> float:
+        """The lease time of leased tasks: the pool's, or the default for tasks
+        that opt in on a pool that claims."""
+        return self.lease_time or DEFAULT_LEASE_TIME
 
     @property
     def pool_size(self) -> int:

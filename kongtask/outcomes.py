@@ -49,19 +49,27 @@ async def with_timeout(call: Awaitable[Any], limit: float, task: str) -> Any:
 
 
 class Outcomes:
-    """Failure handling of one pool: records the failure, logs it, emits events."""
+    """Failure handling of one pool: formats the failure, logs it, emits events,
+    then hands it to ``results`` (``_core.dispatch.Results``), which writes it.
 
-    def __init__(self, events: EventEmitter, log: logging.Logger) -> None:
+    ``cancel_message`` is what a cancelled run's ``last_error`` says: a forceful
+    shutdown by default; the heartbeat's fence sets its own.
+    """
+
+    def __init__(self, events: EventEmitter, log: logging.Logger, results: Any) -> None:
         self.events = events
         self.log = log
-        self.dispatcher: Any = None  # set once the dispatcher exists (it needs us first)
+        self._results = results
+        self.cancel_message = SHUTDOWN_MESSAGE
 
-    def on_failure(self, job: Any, exc: BaseException | None, cancelled: bool) -> None:
-        """A handler raised (or was cancelled by a forceful shutdown)."""
-        message = SHUTDOWN_MESSAGE if cancelled else format_error(exc)  # type: ignore[arg-type]
+    with_timeout = staticmethod(with_timeout)
+
+    def failed(self, job: Any, exc: BaseException | None, cancelled: bool) -> None:
+        """A handler raised (or was cancelled by a forceful shutdown or the fence)."""
+        message = self.cancel_message if cancelled else format_error(exc)  # type: ignore[arg-type]
         self._record(job, message, exc, None)
 
-    def on_replacement(self, job: Any, replacement: tuple[list[Any], str]) -> None:
+    def replaced(self, job: Any, replacement: tuple[list[Any], str]) -> None:
         """A batch job failed for some entries: only those stay in its payload."""
         failed_payload, message = replacement
         self._record(job, message, None, orjson.dumps(failed_payload).decode())
@@ -69,7 +77,7 @@ class Outcomes:
     def _record(
         self, job: Any, message: str, exc: BaseException | None, payload_text: str | None
     ) -> None:
-        self.dispatcher.fail(job, message, payload_text)
+        self._results.fail(job, message, payload_text)
         final = job.attempts >= job.max_attempts
         self.log.error(
             "job %s (%s) failed, attempt %d of %d%s: %s",

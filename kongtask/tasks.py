@@ -29,13 +29,25 @@ class TaskList(Mapping[str, Handler]):
         self._handlers: dict[str, Handler] = {}
         self._is_async: dict[str, bool] = {}
         self._timeouts: dict[str, float | None] = {}
+        self._leases: dict[str, bool | None] = {}
         for name, handler in (tasks or {}).items():
             self.add(name, handler)
 
-    def add(self, name: str, handler: Handler, *, timeout: float | None = None) -> None:
+    def add(
+        self,
+        name: str,
+        handler: Handler,
+        *,
+        timeout: float | None = None,
+        lease: bool | None = None,
+    ) -> None:
         """Register ``handler`` under ``name``; a name may only be taken once.
 
         ``timeout`` (seconds) overrides the pool's ``job_timeout`` for this task.
+        ``lease`` overrides the pool's fetch mode for this task's plain jobs:
+        True leases them (fast, but a crash neither counts an attempt nor keeps
+        a lost connection from freeing a running job: see docs/guarantees.md),
+        False always claims them, None follows the pool (``lease_time``).
         """
         if not isinstance(name, str) or not name or len(name) > 128:
             raise TaskLoadError(f"task name must be a string of 1..128 characters, got {name!r}")
@@ -46,18 +58,23 @@ class TaskList(Mapping[str, Handler]):
         if timeout is not None and not timeout > 0:
             raise TaskLoadError(f"task {name!r}: timeout must be > 0 seconds, got {timeout!r}")
         self._handlers[name] = handler
+        if lease is not None and not isinstance(lease, bool):
+            raise TaskLoadError(f"task {name!r}: lease must be True, False or None, got {lease!r}")
         self._timeouts[name] = timeout
+        self._leases[name] = lease
         # A callable object counts as async when its __call__ is a coroutine function.
         call = vars(type(handler)).get("__call__")
         self._is_async[name] = inspect.iscoroutinefunction(handler) or (
             not inspect.isfunction(handler) and inspect.iscoroutinefunction(call)
         )
 
-    def task(self, name: str, *, timeout: float | None = None) -> Callable[[Handler], Handler]:
-        """Decorator: ``@tasks.task("send_email", timeout=30)``."""
+    def task(
+        self, name: str, *, timeout: float | None = None, lease: bool | None = None
+    ) -> Callable[[Handler], Handler]:
+        """Decorator: ``@tasks.task("send_email", timeout=30)``; see :meth:`add`."""
 
         def register(handler: Handler) -> Handler:
-            self.add(name, handler, timeout=timeout)
+            self.add(name, handler, timeout=timeout, lease=lease)
             return handler
 
         return register
@@ -69,6 +86,10 @@ class TaskList(Mapping[str, Handler]):
     def timeout(self, name: str) -> float | None:
         """This task's own timeout in seconds, or None to use the pool's default."""
         return self._timeouts[name]
+
+    def lease(self, name: str) -> bool | None:
+        """Whether this task's plain jobs are leased (None: as the pool says)."""
+        return self._leases[name]
 
     def __getitem__(self, name: str) -> Handler:
         return self._handlers[name]

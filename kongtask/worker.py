@@ -1,23 +1,19 @@
-"""The worker pool: connects, wires the pieces together, starts and stops them.
+"""The worker pool: connects, builds the pieces in the order a job travels, starts
+and stops them.
 
-How a job flows (DESIGN.md section 4):
-
-1. Two fetch pipelines (:mod:`kongtask.fetcher`) lock batches of due jobs,
-   at most one per named queue, most of them in *leases* (:mod:`kongtask.leases`),
-   and decode each batch in one ``_core`` call.
-2. The dispatcher (``_core.dispatch``) feeds ``concurrency`` slot coroutines
-   from the local queue; there is no asyncio Task per job.
-3. Outcomes of leased jobs are written when their lease settles, one statement
-   per batch; the others go to the :class:`~kongtask.completion.Completer`,
-   which writes them in batches on its own connection.
-4. Failures, timeouts and batch-job results: :mod:`kongtask.outcomes`; polling,
-   the stale-lock sweep and heartbeats: :mod:`kongtask.housekeeping`.
+A job travels one way (docs/architecture.md has the whole path):
+fetch (:mod:`kongtask.fetcher` decides when, :mod:`kongtask.fetch_cycle` runs
+the statements) → dispatch (``_core.dispatch``: the local queue and the slot
+coroutines) → the handler → its outcome (``_core.dispatch.Results``, via
+:mod:`kongtask.outcomes` for failures) → the write (:mod:`kongtask.leases` for
+leased jobs, :mod:`kongtask.completion` for the rest). Every reason to fetch
+again is posted to one :class:`~kongtask.fetcher.Wakeups` mailbox. Polling,
+the stale-lock sweep, heartbeats and recovery: :mod:`kongtask.housekeeping`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import secrets
 import signal
@@ -36,13 +32,14 @@ from .crontab import as_cron_items
 from .db import DB_ERRORS, create_pool, mask_dsn, resolve_dsn
 from .errors import ConfigError, SchemaTooNew
 from .events import EventEmitter
-from .fetcher import Fetcher, pipelines_for
+from .fetch_cycle import FetchCycle
+from .fetcher import Fetcher, State, Wakeups, pipelines_for
 from .helpers import HelperContext
 from .housekeeping import heartbeat_args, heartbeat_loop, poll_loop
 from .leases import LeaseKeeper
 from .listener import Listener
 from .options import WorkerOptions, build_options, check_pool_size
-from .outcomes import SHUTDOWN_MESSAGE, Outcomes, format_error, with_timeout
+from .outcomes import SHUTDOWN_MESSAGE, Outcomes, format_error
 from .queries import Queries
 from .tasks import Handler, TaskList, as_task_list
 
@@ -84,14 +81,15 @@ class Runner:
         self._stopping = False
         self._abort = asyncio.Event()
         self._stopped = asyncio.Event()
-        self._fetch_tasks: list[asyncio.Task[None]] = []
+        self._wakeups = Wakeups()
+        self._fetch_task: asyncio.Task[State] | None = None
         self._background: list[asyncio.Task[Any]] = []
         self._slots: list[asyncio.Task[None]] = []
         self._listener: Listener | None = None
         self._completer: Completer | None = None
         self._keeper: LeaseKeeper | None = None
         self._fetcher: Fetcher | None = None
-        self._dispatcher: Any = None
+        self._dispatcher: dispatch.Dispatcher | None = None
         self._shutdown_task: asyncio.Task[None] | None = None
         self._signals_installed: list[int] = []
         self.ready = asyncio.Event()
@@ -132,9 +130,9 @@ class Runner:
                 self._dsn if self._given_pool is None else _pool_dsn(self._given_pool),
                 connect_kwargs,
                 self.events,
-                on_insert=self._on_insert,
+                on_insert=self._wakeups.jobs_inserted,
                 on_migrate=self._on_migrate,
-                on_connected=self.nudge,
+                on_connected=self._wakeups.nudge,
             )
             listening = loop.create_task(self._listener.start())
         try:
@@ -180,13 +178,13 @@ class Runner:
                 "crashed workers' jobs will only be freed after 4 hours",
                 self.schema,
             )
-        self._wire(loop, task_ids, task_names)
+        self._build(loop, task_ids, task_names)
         self.events.emit("pool:create", {"worker_id": self.worker_id, "runner": self})
-        assert self._fetcher is not None and self._pool is not None
+        assert self._fetcher is not None and self._dispatcher is not None
+        assert self._pool is not None
         self._slots = [loop.create_task(self._dispatcher.slot()) for _ in range(opts.concurrency)]
-        self._fetch_tasks = [
-            loop.create_task(self._fetcher.run()) for _ in range(self._fetcher.pipelines)
-        ]
+        self._fetch_task = loop.create_task(self._fetcher.run())
+        self._fetch_task.add_done_callback(self._fetching_done)
         if not self._once:
             self._background.append(
                 loop.create_task(
@@ -194,8 +192,8 @@ class Runner:
                         self._pool,
                         self.queries,
                         opts.poll_interval,
-                        self._fetcher.on_poll,
-                        self.nudge,
+                        self._wakeups.poll,
+                        self._wakeups.jobs_freed,
                         self.log,
                     )
                 )
@@ -210,90 +208,111 @@ class Runner:
                             lambda: list(self.running_jobs),
                             interval=opts.heartbeat_interval,
                             dead_after=opts.dead_worker_timeout,
-                            nudge=self.nudge,
+                            nudge=self._wakeups.jobs_freed,
                             log=self.log,
                         )
                     )
                 )
-        for task in (*self._fetch_tasks, *self._background):
+        for task in self._background:
             task.add_done_callback(self._background_done)
         if opts.handle_signals:
             self._install_signals()
         self.events.emit("worker:create", {"worker_id": self.worker_id})
-        self.nudge()
         self.ready.set()
         return self
 
-    def _wire(
+    def _build(
         self, loop: asyncio.AbstractEventLoop, task_ids: list[int], task_names: list[str]
     ) -> None:
-        """Build the completer, the lease keeper, the dispatcher and the fetcher."""
+        """Build the pieces in the order a job's outcome flows back: the writers
+        first, then what feeds them, the fetcher last. Each gets what it hands
+        on to at construction, so nothing is patched in afterwards."""
         opts = self.options
         pool = self._pool
         assert pool is not None
-        self._completer = Completer(
+        wakeups = self._wakeups
+        self._completer = completer = Completer(
             pool,
             self.queries,
             self.worker_id,
             delay=opts.complete_batch_delay,
             max_batch=opts.complete_batch_size,
-            on_flushed=self._on_flushed,
+            on_flushed=wakeups.results_written,
         )
         pipelines = pipelines_for(opts.concurrency)
-        self._keeper = LeaseKeeper(
+        self._keeper = keeper = LeaseKeeper(
             pool,
             self.queries,
             self.worker_id,
-            lease_time=opts.lease_time,
+            lease_time=opts.lease_seconds,
             # Two pipelines, each with its next batch in flight while up to two
             # earlier leases of it finish; never more than the pool can spare.
             max_connections=max(2, min(2 * pipelines, pool.get_max_size() - 2)),
-            completer=self._completer,
-            on_settled=self._on_settled,
+            completer=completer,
+            on_settled=wakeups.lease_settled,
             log=self.log,
             session_settings=opts.prepared_statements,
         )
-        outcomes = Outcomes(self.events, self.log)
+        results = dispatch.Results(completer)
+        outcomes = Outcomes(self.events, self.log, results)
         context = HelperContext(
             WorkerUtils(pool, schema=self.schema), pool, self._abort, self.worker_id, loop
         )
         tasks = self.tasks
-        self._dispatcher = dispatch.Dispatcher(
+        self._dispatcher = dispatcher = dispatch.Dispatcher(
             tasks={
                 name: dispatch.TaskEntry(
                     tasks[name], tasks.is_async(name), tasks.timeout(name) or opts.job_timeout
                 )
                 for name in task_names
             },
-            listeners=self.events.listeners,
-            emit=self.events.emit,
-            completer=self._completer,
-            helper_context=context,
-            run_sync=functools.partial(loop.run_in_executor, None),
-            with_timeout=with_timeout,
-            on_failure=outcomes.on_failure,
-            batch_outcome=outcomes.batch_outcome,
-            on_replacement=outcomes.on_replacement,
-            request_fetch=self._request_fetch,
+            events=self.events,
+            results=results,
+            outcomes=outcomes,
+            context=context,
+            request_fetch=wakeups.slots_hungry,
             worker_id=self.worker_id,
             low_water=opts.concurrency,
         )
-        outcomes.dispatcher = self._dispatcher
-        self._fetcher = Fetcher(
+        pool_leases = opts.lease_time > 0
+        cycle = FetchCycle(
             queries=self.queries,
             worker_id=self.worker_id,
-            dispatcher=self._dispatcher,
-            keeper=self._keeper,
-            completer=self._completer,
-            pool=pool,
-            options=opts,
+            keeper=keeper,
+            deliver=dispatcher.deliver,
+            held_ids=lambda: [*dispatcher.held_ids(), *completer.pending_ids()],
+            tasks=dict(zip(task_ids, task_names, strict=True)),
+            leased_tasks={
+                task_id
+                for task_id, name in zip(task_ids, task_names, strict=True)
+                if (tasks.lease(name) if tasks.lease(name) is not None else pool_leases)
+            },
+            forbidden_flags=opts.forbidden_flags,
             events=self.events,
-            log=self.log,
-            once=self._once,
-            on_drained=self._on_drained,
-            pipelines=pipelines,
         )
-        self._fetcher.set_tasks(task_ids, task_names)
+        self._fetcher = Fetcher(
+            cycle=cycle,
+            wakeups=wakeups,
+            dispatcher=dispatcher,
+            busy=lambda: bool(
+                dispatcher.running or dispatcher.queued() or not completer.idle or keeper.pending()
+            ),
+            concurrency=opts.concurrency,
+            max_batch=opts.max_batch,
+            pipelines=pipelines,
+            once=self._once,
+            events=self.events,
+            worker_id=self.worker_id,
+            log=self.log,
+        )
+
+    def _fetching_done(self, task: asyncio.Task[State]) -> None:
+        """The fetcher ends when stopped, or drained in ``run_once`` (the pool then
+        stops); anything else is a bug, and the pool stops loudly."""
+        if not task.cancelled() and task.exception() is None and task.result() is State.DRAINED:
+            self._begin_shutdown(self.options.shutdown_timeout)
+            return
+        self._background_done(task)
 
     def _background_done(self, task: asyncio.Task[Any]) -> None:
         """A background loop must only end by cancellation; anything else is a bug
@@ -390,11 +409,12 @@ class Runner:
         # to us (and are given back below) instead of staying locked for hours.
         for task in self._background:
             task.cancel()
-        if self._fetch_tasks:
-            _, late = await asyncio.wait(self._fetch_tasks, timeout=5)
+        fetching = [self._fetch_task] if self._fetch_task is not None else []
+        if fetching:
+            _, late = await asyncio.wait(fetching, timeout=5)
             for task in late:
                 task.cancel()
-        await asyncio.gather(*self._fetch_tasks, *self._background, return_exceptions=True)
+        await asyncio.gather(*fetching, *self._background, return_exceptions=True)
         if self._listener is not None:
             await self._listener.stop()
         if dispatcher is not None:
@@ -491,29 +511,8 @@ class Runner:
 
     # --------------------------------------------------------------- wake-up
     def nudge(self) -> None:
-        """Ask for a fetch soon (idempotent)."""
-        if self._fetcher is not None:
-            self._fetcher.nudge()
-
-    def _request_fetch(self) -> None:
-        assert self._fetcher is not None
-        self._fetcher.request_fetch()
-
-    def _on_insert(self, count: int) -> None:
-        if self._fetcher is not None:
-            self._fetcher.on_insert(count)
-
-    def _on_flushed(self) -> None:
-        if self._fetcher is not None:
-            self._fetcher.on_flushed()
-
-    def _on_settled(self) -> None:
-        if self._fetcher is not None:
-            self._fetcher.on_settled()
-
-    def _on_drained(self) -> None:
-        # run_once: nothing due, nothing in hand, every result written.
-        self._begin_shutdown(self.options.shutdown_timeout)
+        """Ask the pool to look for jobs now (idempotent)."""
+        self._wakeups.nudge()
 
     def _on_migrate(self, number: int, breaking: bool) -> None:
         if breaking and number > _migrate.LATEST_MIGRATION:

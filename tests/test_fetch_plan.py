@@ -27,9 +27,47 @@ def _scans_of_jobs(plan: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
+def _literal(value: Any) -> str:
+    """A test-controlled value as SQL text (EXECUTE takes no bind parameters)."""
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, list):
+        return "array[" + ",".join(_literal(item) for item in value) + "]"
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+async def _explain(conn: asyncpg.Connection, sql: str, args: tuple[Any, ...], generic: bool) -> Any:
+    """EXPLAIN ANALYZE of ``sql``: as a custom plan, or as the generic plan the
+    fetch connections force (``plan_cache_mode``), which cannot see the batch size."""
+    async with conn.transaction():
+        if not generic:
+            text = await conn.fetchval("explain (analyze, format json) " + sql, *args)
+        else:
+            await conn.execute("set local plan_cache_mode = force_generic_plan")
+            await conn.execute(f"prepare fetch_plan_test as {sql}")
+            try:
+                call = ", ".join(_literal(arg) for arg in args)
+                text = await conn.fetchval(
+                    f"explain (analyze, format json) execute fetch_plan_test({call})"
+                )
+            finally:
+                await conn.execute("deallocate fetch_plan_test")
+    [root] = orjson.loads(text)
+    return root
+
+
+def _fetch_args(statement: str, tasks: str, size: int) -> tuple[Any, ...]:
+    if statement == "lease_plain":
+        return (tasks, size)
+    if statement == "claim_plain":
+        return (tasks, size, "w")
+    return ("w", tasks, size, ["t"])
+
+
+@pytest.mark.parametrize("generic", [False, True], ids=["custom", "generic"])
 @pytest.mark.parametrize("statement", ["lease_plain", "claim_plain", "claim_keyed_or_queued"])
 async def test_fetch_reads_only_the_due_range(
-    statement: str, utils: WorkerUtils, conn: asyncpg.Connection
+    statement: str, generic: bool, utils: WorkerUtils, conn: asyncpg.Connection
 ) -> None:
     s = quote_ident(utils.schema)
     task_id = await conn.fetchval(
@@ -57,18 +95,11 @@ async def test_fetch_reads_only_the_due_range(
     )
     await conn.execute(f"analyze {s}._private_jobs")
     sql = getattr(Queries(utils.schema), statement)(with_flags=False)
-    tasks = f"{{{task_id}}}"
-    args = (tasks, 500) if statement == "lease_plain" else ("w", tasks, 500, ["t"])
-    text = await conn.fetchval("explain (analyze, format json) " + sql, *args)
-    [root] = orjson.loads(text)
+    root = await _explain(conn, sql, _fetch_args(statement, f"{{{task_id}}}", 500), generic)
     scans = _scans_of_jobs(root["Plan"])
     # An index scan (or a bitmap scan, which the planner may prefer for a
     # small due range) bounded by run_at: the future jobs are never read.
-    main = [
-        node
-        for node in scans
-        if "run_at" in node.get("Index Cond", "") + node.get("Recheck Cond", "")
-    ]
+    main = _due_range_scans(root["Plan"])
     assert main, f"no scan of the due range: {[n['Node Type'] for n in scans]}"
     assert all(node["Node Type"] != "Seq Scan" for node in scans)
     # The due range holds 20 jobs; nothing near the 300,000 future ones is read.
@@ -77,12 +108,22 @@ async def test_fetch_reads_only_the_due_range(
     assert all(node["Actual Rows"] * node.get("Actual Loops", 1) < 1000 for node in main)
 
 
+def _due_range_scans(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """The scans that read the due range (bounded by run_at), not the priority probes."""
+    return [
+        node
+        for node in _scans_of_jobs(plan)
+        if "run_at" in node.get("Index Cond", "") + node.get("Recheck Cond", "")
+    ]
+
+
 def _buffers(plan: dict[str, Any]) -> int:
     return int(plan.get("Shared Hit Blocks", 0)) + int(plan.get("Shared Read Blocks", 0))
 
 
-async def test_resumed_lease_fetch_skips_the_deleted_prefix(
-    utils: WorkerUtils, conn: asyncpg.Connection
+@pytest.mark.parametrize("statement", ["lease_plain", "claim_plain"])
+async def test_resumed_fetch_skips_the_deleted_prefix(
+    statement: str, utils: WorkerUtils, conn: asyncpg.Connection
 ) -> None:
     """A drain leaves the index entries of every deleted job in front of the due
     ones until a vacuum; a fetch from the top walks them all (a millisecond per
@@ -112,12 +153,44 @@ async def test_resumed_lease_fetch_skips_the_deleted_prefix(
             [root] = orjson.loads(text)
             return root["Plan"]
 
-    resumed = await explain(
-        queries.lease_plain(with_flags=False, resume=True), tasks, 100, *last.values()
-    )
-    full = await explain(queries.lease_plain(with_flags=False), tasks, 100)
+    build = getattr(queries, statement)
+    args = _fetch_args(statement, tasks, 100)
+    resumed = await explain(build(with_flags=False, resume=True), *args, *last.values())
+    full = await explain(build(with_flags=False), *args)
     assert resumed["Actual Rows"] == full["Actual Rows"] == 100
-    # 100 locked rows cost about a hundred buffer hits either way; the full scan
-    # adds the index pages of the 30,000 dead entries (here about 8 times more).
-    assert _buffers(resumed) < 300, resumed
-    assert _buffers(full) > 4 * _buffers(resumed), (_buffers(full), _buffers(resumed))
+    # The scan of the due range (a claim then writes 100 new row versions,
+    # the same either way): locking 100 rows costs about a hundred buffer hits;
+    # the full scan adds the index pages of the 30,000 dead entries (here about
+    # 8 times more).
+    [resumed_scan] = _due_range_scans(resumed)
+    [full_scan] = _due_range_scans(full)
+    assert _buffers(resumed_scan) < 300, resumed_scan
+    assert _buffers(full_scan) > 4 * _buffers(resumed_scan), (
+        _buffers(full_scan),
+        _buffers(resumed_scan),
+    )
+
+
+@pytest.mark.parametrize("statement", ["lease_plain", "claim_plain"])
+async def test_generic_plan_of_a_fetch_stays_an_index_scan_at_a_large_backlog(
+    statement: str, utils: WorkerUtils, conn: asyncpg.Connection
+) -> None:
+    """The fetch connections force generic plans, which cannot see the batch
+    size: PostgreSQL then assumes a tenth of the due rows. Joined back by id,
+    a claim of 1,000 out of 1,000,000 due jobs hashed the whole table (370 ms
+    a fetch); by address it stays a TID scan."""
+    s = quote_ident(utils.schema)
+    task_id = await conn.fetchval(
+        f"insert into {s}._private_tasks (identifier) values ('t') returning id"
+    )
+    await conn.execute(
+        f"insert into {s}._private_jobs (task_id, run_at) "
+        "select $1, now() - interval '1 day' from generate_series(1, 200000)",
+        task_id,
+    )
+    await conn.execute(f"analyze {s}._private_jobs")
+    sql = getattr(Queries(utils.schema), statement)(with_flags=False)
+    root = await _explain(conn, sql, _fetch_args(statement, f"{{{task_id}}}", 1000), True)
+    scans = _scans_of_jobs(root["Plan"])
+    assert [node["Node Type"] for node in scans if node["Node Type"] == "Seq Scan"] == []
+    assert root["Plan"]["Actual Rows"] == 1000

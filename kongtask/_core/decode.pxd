@@ -24,5 +24,7 @@ cdef class Job(_Decoded):
     cdef public object flags
     # The Lease of the fetch transaction that still holds this job's row, if any.
     cdef public object lease
+    # The row version's address (ctid text) when the fetch returned it.
+    cdef public object ctid
 
     cdef tuple _astuple(self)

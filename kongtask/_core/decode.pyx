@@ -287,6 +287,7 @@ cdef class Job(_Decoded):
         self.flags = flags
         self.payload_error = payload_error
         self.lease = None
+        self.ctid = None
 
     # Timestamps may arrive as PostgreSQL's own microseconds (the fetch
     # connections decode timestamptz that way: building four datetimes per row
@@ -480,8 +481,9 @@ def decode_jobs(rows):
 #: differ from row to row. A leased job has no queue and no key, and the worker
 #: knows its task names, its own id and when it fetched the batch, so those
 #: are filled in here instead of being sent and decoded once per row. The
-#: last column, the row's ``ctid`` as text, is not part of the job: the lease
-#: keeps it so that settling deletes the row by address (``settle_lease``).
+#: last column, the row's ``ctid`` as text, becomes ``Job.ctid``: the address a
+#: success is deleted by (no primary-key probe). Plain jobs claimed the classic
+#: way come in the same shape, with no lease.
 LEASED_COLUMNS = (
     "id", "task_id", "payload", "priority", "run_at", "attempts", "max_attempts",
     "last_error", "created_at", "updated_at", "revision", "flags", "ctid",
@@ -525,6 +527,7 @@ def decode_leased(rows, lease, dict task_names, locked_by, locked_at):
         job._locked_at = locked_at
         job.locked_by = locked_by
         job.lease = lease
+        job.ctid = PySequence_ITEM(row, 12)
         _parse_payload_and_flags(job)
         out[i] = job
     return out

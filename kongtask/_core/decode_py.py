@@ -229,6 +229,7 @@ class Job:
         "_locked_at",
         "_run_at",
         "_updated_at",
+        "ctid",
         "lease",
         "payload_error",
     )
@@ -252,6 +253,9 @@ class Job:
     payload_error: str | None
     #: The Lease of the fetch transaction that still holds this job's row, if any.
     lease: Any
+    #: The address (``ctid`` as text) of the row version this worker locked or
+    #: claimed, when the fetch returned it: a success is deleted by it.
+    ctid: str | None
 
     run_at = _timestamp_property("_run_at")
     created_at = _timestamp_property("_created_at")
@@ -296,6 +300,7 @@ class Job:
         self.flags = flags
         self.payload_error = payload_error
         self.lease = None
+        self.ctid = None
 
     def __repr__(self) -> str:
         # Never the payload: it may hold personal data and this ends up in logs.
@@ -396,8 +401,9 @@ def decode_job(row: Any) -> Job:
 #: differ from row to row. A leased job has no queue and no key, and the worker
 #: knows its task names, its own id and when it fetched the batch, so those
 #: are filled in here instead of being sent and decoded once per row. The
-#: last column, the row's ``ctid`` as text, is not part of the job: the lease
-#: keeps it so that settling deletes the row by address (``settle_lease``).
+#: last column, the row's ``ctid`` as text, becomes ``Job.ctid``: the address a
+#: success is deleted by (no primary-key probe). Plain jobs claimed the classic
+#: way come in the same shape, with no lease.
 LEASED_COLUMNS: tuple[str, ...] = (
     "id",
     "task_id",
@@ -444,7 +450,7 @@ def decode_leased(
                 updated_at,
                 revision,
                 flags,
-                _ctid,
+                ctid,
             ) = row
         except (TypeError, ValueError):
             raise ValueError(f"row {index} is not a leased row of {_NLEASED} columns") from None
@@ -473,6 +479,7 @@ def decode_leased(
             error,
         )
         job.lease = lease
+        job.ctid = ctid
         append(job)
     return out
 

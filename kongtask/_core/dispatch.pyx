@@ -16,7 +16,7 @@ from libc.stdlib cimport free, malloc
 
 from kongtask._core.decode cimport Job
 
-__all__ = ["Dispatcher", "Helpers", "Lease", "TaskEntry", "ids_literal"]
+__all__ = ["Dispatcher", "Helpers", "Lease", "Results", "TaskEntry", "ids_literal"]
 
 YIELD_EVERY = 16
 
@@ -237,21 +237,45 @@ cdef class TaskEntry:
         self.timeout = timeout
 
 
+cdef class Results:
+    """Where a job's outcome goes: to its lease while that is open, else to the
+    completer (see the pure twin)."""
+
+    cdef object _complete
+    cdef object _fail
+
+    def __init__(self, completer):
+        self._complete = completer.complete
+        self._fail = completer.fail
+
+    cpdef succeed(self, Job job):
+        """The handler returned: the row is deleted (when the lease settles, or
+        by the completer's next write)."""
+        cdef object lease = job.lease
+        if lease is not None and (<Lease>lease).open:
+            (<Lease>lease).succeeded(job.id)
+        else:
+            self._complete(job.id, job.ctid)
+
+    cpdef fail(self, Job job, message, payload_text):
+        """The handler failed: attempt, message and backoff are written."""
+        cdef object lease = job.lease
+        if lease is not None and (<Lease>lease).open:
+            (<Lease>lease).failed_with(job.id, message, payload_text)
+        else:
+            self._fail(job.id, message, payload_text)
+
+
 cdef class Dispatcher:
     """The local queue and the slot loop of one pool (see the pure twin)."""
 
     cdef public dict tasks
     cdef public dict listeners
     cdef public object emit
-    cdef public object completer
-    cdef object _complete
-    cdef object _fail
-    cdef public object helper_context
-    cdef public object run_sync
-    cdef public object with_timeout
-    cdef public object on_failure
-    cdef public object batch_outcome
-    cdef public object on_replacement
+    cdef public Results results
+    cdef public object outcomes
+    cdef public object context
+    cdef object _run_in_thread
     cdef public object request_fetch
     cdef public str worker_id
     cdef public Py_ssize_t low_water
@@ -265,23 +289,17 @@ cdef class Dispatcher:
     cdef public bint stopping
     cdef int _streak
 
-    def __init__(self, *, dict tasks, dict listeners, emit, completer, helper_context, run_sync,
-                 with_timeout, on_failure, batch_outcome, on_replacement, request_fetch,
+    def __init__(self, *, dict tasks, events, Results results, outcomes, context, request_fetch,
                  str worker_id, Py_ssize_t low_water):
         from collections import deque
 
         self.tasks = tasks
-        self.listeners = listeners
-        self.emit = emit
-        self.completer = completer
-        self._complete = completer.complete
-        self._fail = completer.fail
-        self.helper_context = helper_context
-        self.run_sync = run_sync
-        self.with_timeout = with_timeout
-        self.on_failure = on_failure
-        self.batch_outcome = batch_outcome
-        self.on_replacement = on_replacement
+        self.listeners = events.listeners
+        self.emit = events.emit
+        self.results = results
+        self.outcomes = outcomes
+        self.context = context
+        self._run_in_thread = context.run_in_thread
         self.request_fetch = request_fetch
         self.worker_id = worker_id
         self.low_water = low_water
@@ -332,29 +350,20 @@ cdef class Dispatcher:
         self._head = 0
         return jobs
 
+    def held_ids(self):
+        """Ids of the jobs this pool holds in memory: running or queued locally."""
+        cdef list ids = list(self.running)
+        cdef Py_ssize_t i
+        for i in range(self._head, len(self._local)):
+            ids.append((<Job>self._local[i]).id)
+        return ids
+
     def release_waiters(self):
         """Wake idle slots with nothing, so that they return (shutdown)."""
         for waiter in self.waiters:
             if not waiter.done():
                 waiter.set_result(None)
         self.waiters.clear()
-
-    # --------------------------------------------------------------- outcomes
-    cpdef succeed(self, Job job):
-        """Route a success to the job's open lease, else to the completer."""
-        cdef object lease = job.lease
-        if lease is not None and (<Lease>lease).open:
-            (<Lease>lease).succeeded(job.id)
-        else:
-            self._complete(job.id)
-
-    cpdef fail(self, Job job, message, payload_text):
-        """Route a failure to the job's open lease, else to the completer."""
-        cdef object lease = job.lease
-        if lease is not None and (<Lease>lease).open:
-            (<Lease>lease).failed_with(job.id, message, payload_text)
-        else:
-            self._fail(job.id, message, payload_text)
 
     # ------------------------------------------------------------------ slots
     cdef inline object _pop_local(self):
@@ -386,6 +395,8 @@ cdef class Dispatcher:
         cdef dict running = self.running
         cdef dict tasks = self.tasks
         cdef dict listeners = self.listeners
+        cdef object outcomes = self.outcomes
+        cdef Results results = self.results
         cdef Job job
         cdef TaskEntry entry
         cdef object found, job_id, name, helpers, call, result, replacement
@@ -410,37 +421,37 @@ cdef class Dispatcher:
                     raise ValueError(job.payload_error)
                 name = job.task_identifier
                 entry = <TaskEntry?>tasks[name]
-                helpers = _new_helpers(self.helper_context, job)
+                helpers = _new_helpers(self.context, job)
                 if "job:start" in listeners:
                     self.emit("job:start", {"job": job, "worker_id": self.worker_id})
                 if entry.is_async:
                     call = entry.handler(job.payload, helpers)
                 else:
-                    call = self.run_sync(entry.handler, job.payload, helpers)
+                    call = self._run_in_thread(entry.handler, job.payload, helpers)
                 if entry.timeout is None:
                     result = await call
                 else:
-                    result = await self.with_timeout(call, entry.timeout, name)
+                    result = await outcomes.with_timeout(call, entry.timeout, name)
                 if result is not None:
                     if _isawaitable(result):
                         result = await result
                     if type(result) is list and isinstance(job.payload, list):
-                        replacement = await self.batch_outcome(job, result)
+                        replacement = await outcomes.batch_outcome(job, result)
             except _CancelledError:
                 del running[job_id]
-                self.on_failure(job, None, True)
+                outcomes.failed(job, None, True)
                 return
             except BaseException as exc:
                 del running[job_id]
-                self.on_failure(job, exc, False)
+                outcomes.failed(job, exc, False)
                 if isinstance(exc, _REraise):
                     raise
                 continue
             del running[job_id]
             if replacement is not None:
-                self.on_replacement(job, replacement)
+                outcomes.replaced(job, replacement)
                 continue
-            self.succeed(job)
+            results.succeed(job)
             if "job:success" in listeners:
                 self.emit("job:success", {"job": job, "worker_id": self.worker_id})
             if "job:complete" in listeners:

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-__all__ = ["Dispatcher", "Helpers", "Lease", "TaskEntry", "ids_literal"]
+__all__ = ["Dispatcher", "Helpers", "Lease", "Results", "TaskEntry", "ids_literal"]
 
 #: Jobs a slot runs back to back before it lets the event loop turn. Handlers
 #: that never suspend would otherwise run the whole local queue in one go,
@@ -190,43 +190,71 @@ class TaskEntry:
         self.timeout = timeout
 
 
+class Results:
+    """Where a job's outcome goes: to its lease while that is open, else to the
+    completer (the job was claimed, at fetch or when its lease settled)."""
+
+    __slots__ = ("_complete", "_fail")
+
+    def __init__(self, completer: Any) -> None:
+        self._complete = completer.complete
+        self._fail = completer.fail
+
+    def succeed(self, job: Any) -> None:
+        """The handler returned: the row is deleted (when the lease settles, or
+        by the completer's next write)."""
+        lease = job.lease
+        if lease is not None and lease.open:
+            lease.succeeded(job.id)
+        else:
+            self._complete(job.id, job.ctid)
+
+    def fail(self, job: Any, message: str, payload_text: str | None) -> None:
+        """The handler failed: attempt, message and backoff are written."""
+        lease = job.lease
+        if lease is not None and lease.open:
+            lease.failed_with(job.id, message, payload_text)
+        else:
+            self._fail(job.id, message, payload_text)
+
+
 class Dispatcher:
     """The local queue and the slot loop of one pool.
 
     ``deliver`` puts fetched jobs in the local queue (or straight into the
     hands of idle slots); ``concurrency`` coroutines running :meth:`slot` take
-    them in order. ``request_fetch`` is called when the local queue falls to
+    them in order. A success goes to ``results``; anything else (a failure, a
+    timeout, a batch job's partial result) to ``outcomes``, which formats and
+    reports it and then hands it to ``results`` as well: a job's path runs one
+    way. ``request_fetch`` is called when the local queue falls to
     ``low_water`` while ``more`` says the last fetch was full, and whenever a
     slot finds the queue empty.
+
+    ``outcomes`` provides ``failed(job, exc, cancelled)``,
+    ``batch_outcome(job, result)``, ``replaced(job, replacement)`` and
+    ``with_timeout(call, limit, task)``; ``context`` (the pool's
+    ``HelperContext``) ``run_in_thread(handler, payload, helpers)`` for sync
+    handlers and what every job's :class:`Helpers` share.
     """
 
     def __init__(
         self,
         *,
         tasks: dict[str, TaskEntry],
-        listeners: dict[str, Any],
-        emit: Callable[[str, dict[str, Any]], None],
-        completer: Any,
-        helper_context: Any,
-        run_sync: Callable[[Callable[..., Any], Any, Any], Awaitable[Any]],
-        with_timeout: Callable[[Awaitable[Any], float, str], Awaitable[Any]],
-        on_failure: Callable[[Any, BaseException | None, bool], None],
-        batch_outcome: Callable[[Any, list[Any]], Awaitable[Any]],
-        on_replacement: Callable[[Any, Any], None],
+        events: Any,
+        results: Results,
+        outcomes: Any,
+        context: Any,
         request_fetch: Callable[[], None],
         worker_id: str,
         low_water: int,
     ) -> None:
         self.tasks = tasks
-        self.listeners = listeners
-        self.emit = emit
-        self.completer = completer
-        self.helper_context = helper_context
-        self.run_sync = run_sync
-        self.with_timeout = with_timeout
-        self.on_failure = on_failure
-        self.batch_outcome = batch_outcome
-        self.on_replacement = on_replacement
+        self.listeners: dict[str, Any] = events.listeners
+        self.emit: Callable[[str, dict[str, Any]], None] = events.emit
+        self.results = results
+        self.outcomes = outcomes
+        self.context = context
         self.request_fetch = request_fetch
         self.worker_id = worker_id
         self.low_water = low_water
@@ -269,29 +297,16 @@ class Dispatcher:
         self.local.clear()
         return jobs
 
+    def held_ids(self) -> list[int]:
+        """Ids of the jobs this pool holds in memory: running or queued locally."""
+        return [*self.running, *(job.id for job in self.local)]
+
     def release_waiters(self) -> None:
         """Wake idle slots with nothing, so that they return (shutdown)."""
         for waiter in self.waiters:
             if not waiter.done():
                 waiter.set_result(None)
         self.waiters.clear()
-
-    # --------------------------------------------------------------- outcomes
-    def succeed(self, job: Any) -> None:
-        """Route a success to the job's open lease, else to the completer."""
-        lease = job.lease
-        if lease is not None and lease.open:
-            lease.succeeded(job.id)
-        else:
-            self.completer.complete(job.id)
-
-    def fail(self, job: Any, message: str, payload_text: str | None) -> None:
-        """Route a failure to the job's open lease, else to the completer."""
-        lease = job.lease
-        if lease is not None and lease.open:
-            lease.failed_with(job.id, message, payload_text)
-        else:
-            self.completer.fail(job.id, message, payload_text)
 
     # ------------------------------------------------------------------ slots
     async def _next_job(self) -> Any:
@@ -317,6 +332,7 @@ class Dispatcher:
         running = self.running
         tasks = self.tasks
         listeners = self.listeners
+        outcomes = self.outcomes
         while True:
             job = await self._next_job()
             if job is None:
@@ -330,37 +346,37 @@ class Dispatcher:
                     raise ValueError(job.payload_error)
                 name = job.task_identifier
                 entry = tasks[name]
-                helpers = Helpers(self.helper_context, job)
+                helpers = Helpers(self.context, job)
                 if "job:start" in listeners:
                     self.emit("job:start", {"job": job, "worker_id": self.worker_id})
                 if entry.is_async:
                     call = entry.handler(job.payload, helpers)
                 else:
-                    call = self.run_sync(entry.handler, job.payload, helpers)
+                    call = self.context.run_in_thread(entry.handler, job.payload, helpers)
                 if entry.timeout is None:
                     result = await call
                 else:
-                    result = await self.with_timeout(call, entry.timeout, name)
+                    result = await outcomes.with_timeout(call, entry.timeout, name)
                 if result is not None:
                     if inspect.isawaitable(result):
                         result = await result
                     if result.__class__ is list and isinstance(job.payload, list):
-                        replacement = await self.batch_outcome(job, result)
+                        replacement = await outcomes.batch_outcome(job, result)
             except asyncio.CancelledError:
                 del running[job_id]
-                self.on_failure(job, None, True)
+                outcomes.failed(job, None, True)
                 return
             except BaseException as exc:
                 del running[job_id]
-                self.on_failure(job, exc, False)
+                outcomes.failed(job, exc, False)
                 if isinstance(exc, KeyboardInterrupt | SystemExit):
                     raise
                 continue
             del running[job_id]
             if replacement is not None:
-                self.on_replacement(job, replacement)
+                outcomes.replaced(job, replacement)
                 continue
-            self.succeed(job)
+            self.results.succeed(job)
             if "job:success" in listeners:
                 self.emit("job:success", {"job": job, "worker_id": self.worker_id})
             if "job:complete" in listeners:

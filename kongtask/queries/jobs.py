@@ -225,14 +225,24 @@ from {s}._private_job_queues as q where q.id = any($2::text::int[])"""
         tasks: int,
         limit: int,
         flags: int,
-        after: int | None = None,
+        after: int | None,
     ) -> str:
+        """Due plain jobs of the tasks in $``tasks``, at most $``limit``, locked.
+
+        Without ``after``: every priority's due range, from the top (needs the
+        ``priorities`` CTE). With it: one priority ($``after``), from just
+        after the job ($``after+1`` run_at, $``after+2`` id) this pool fetched
+        last, in the index's order. A resumed fetch never walks what lies
+        before that point: rows this pool holds (each skipped row costs a lock
+        attempt) and the index entries of jobs already claimed or deleted,
+        which stay in the index until a vacuum and made every full scan walk
+        the whole processed backlog (a millisecond per fetch 100,000 jobs into
+        a drain).
+        """
         if after is None:
             where_priority = """jobs.priority = any(array(select p.priority from priorities as p
                                 where p.priority is not null))"""
         else:
-            # One priority, from just after the resume point: the index scan
-            # starts there instead of walking the entries before it.
             where_priority = (
                 f"jobs.priority = ${after}::smallint "
                 f"and (jobs.run_at, jobs.id) > (${after + 1}::timestamptz, ${after + 2}::bigint)"
@@ -250,76 +260,82 @@ order by jobs.priority, jobs.run_at, jobs.id
 limit ${limit}::int
 for update of jobs skip locked"""
 
+    #: A plain job's row as the worker needs it (``decode.LEASED_COLUMNS``):
+    #: only what differs from job to job, with this attempt counted. No queue,
+    #: no key; the worker fills in task names, itself and the time.
+    #: ``created_at`` comes as null when it equals ``run_at``, ``updated_at``
+    #: when it equals ``created_at`` (a job added for now and never changed):
+    #: each timestamp costs the worker a codec call, a null nothing. The last
+    #: column is the row's ``ctid``: a success is deleted by that address,
+    #: without a primary-key probe.
+    _PLAIN_ROW = """{j}.id, {j}.task_id, {j}.payload, {j}.priority, {j}.run_at,
+  {j}.attempts{plus}, {j}.max_attempts, {j}.last_error,
+  nullif({j}.created_at, {j}.run_at), nullif({j}.updated_at, {j}.created_at),
+  {j}.revision, {j}.flags, {j}.ctid::text"""
+
+    def _with_priorities(self, resume: bool) -> str:
+        """The head of a plain fetch: a full scan needs the ``priorities`` CTE."""
+        if resume:
+            return "with"
+        return f"with recursive {self._available_priorities(self._PLAIN_KIND)},"
+
     def lease_plain(self, *, with_flags: bool, resume: bool = False) -> str:
-        """Lock up to $3 due plain jobs (no queue, no key), writing nothing.
+        """Lock up to $2 due plain jobs (no queue, no key), writing nothing.
 
         Runs inside a transaction that stays open while the jobs run (a
-        *lease*): the row locks alone keep every other fetcher, kongtask's or
-        graphile-worker's (both ``skip locked``), away from these jobs, so the
-        usual claim (an UPDATE: a new row version and new index entries per
-        job) is skipped. When the batch settles, successes are deleted, failures
-        recorded and anything still running is claimed the classic way, all in
-        that transaction. A crash rolls it back, which frees the jobs at once.
+        *lease*, opt-in: see docs/guarantees.md): the row locks alone keep
+        every other fetcher, kongtask's or graphile-worker's (both ``skip
+        locked``), away from these jobs, so the usual claim (an UPDATE: a new
+        row version and new index entries per job) is skipped. When the batch
+        settles, successes are deleted, failures recorded and anything still
+        running is claimed the classic way, all in that transaction.
 
         $1 task ids (an array literal, see ``_core.dispatch.ids_literal``), $2
         batch size, $3 forbidden flags (when given); with ``resume``, the next
-        three: the priority, run_at and id of the last job this pool leased.
-        A resumed fetch reads that priority's due jobs after it, in the lease
-        index's order, so it never walks what lies before: the rows this pool's
-        open leases hold (each skipped row costs a lock attempt: 1.5 us of
-        server CPU per job with two fetch pipelines) and the index entries of
-        the jobs already deleted, which stay in the index until a vacuum and
-        cost a full scan a page read per few hundred (a millisecond per fetch
-        100,000 jobs into a drain). Rows come in ``decode.LEASED_COLUMNS``
-        order, with this attempt counted: only what differs from job to job
-        (no queue, no key; the worker fills in task names, itself and the time).
-        ``created_at`` comes as null when it equals ``run_at``, ``updated_at``
-        when it equals ``created_at`` (a job added for now and never changed):
-        each timestamp costs the worker a codec call, a null nothing. The last
-        column is the row's ``ctid``, the address :meth:`settle_lease` deletes
-        by; it is the address of the version this statement locked (a row
-        updated meanwhile is re-read at its new version before it is locked).
+        three: see :meth:`_plain_candidates`. Rows in ``decode.LEASED_COLUMNS``
+        order; the ``ctid`` is the address of the version this statement
+        locked (a row updated meanwhile is re-read at its new version before
+        it is locked), and the lease's row locks keep it valid.
         """
-        columns = """jobs.id, jobs.task_id, jobs.payload, jobs.priority, jobs.run_at,
-  jobs.attempts + 1, jobs.max_attempts, jobs.last_error,
-  nullif(jobs.created_at, jobs.run_at), nullif(jobs.updated_at, jobs.created_at),
-  jobs.revision, jobs.flags, jobs.ctid::text"""
+        flags = 3
+        after = (4 if with_flags else 3) if resume else None
+        columns = self._PLAIN_ROW.format(j="jobs", plus=" + 1")
+        candidates = self._plain_candidates(with_flags, columns, 1, 2, flags, after)
         if resume:
-            return self._plain_candidates(
-                with_flags, columns, tasks=1, limit=2, flags=3, after=4 if with_flags else 3
-            )
-        return (
-            f"with recursive {self._available_priorities(self._PLAIN_KIND)}"
-            + self._plain_candidates(with_flags, columns, tasks=1, limit=2, flags=3)
-        )
+            return candidates
+        return f"with recursive {self._available_priorities(self._PLAIN_KIND)}" + candidates
 
-    def claim_plain(self, *, with_flags: bool) -> str:
-        """Claim up to $3 due plain jobs the way graphile-worker does: attempts + 1,
-        ``locked_by``, ``locked_at``, committed at once.
+    def claim_plain(self, *, with_flags: bool, resume: bool = False) -> str:
+        """Claim up to $2 due plain jobs the way graphile-worker does: attempts + 1,
+        ``locked_by`` ($3), ``locked_at``, committed before any of them starts.
 
-        Used when leases are off (``lease_time=0``). $1 worker id, $2 task ids
-        (an array literal), $3 batch size, $4 task identifiers (parallel to $2),
-        $5 forbidden flags; rows in JOB_COLUMNS order.
+        The default way to fetch plain jobs (claim mode). $1 task ids (an array
+        literal), $2 batch size, $3 worker id, $4 forbidden flags (when given);
+        with ``resume``, the next three (:meth:`_plain_candidates`). Rows in
+        ``decode.LEASED_COLUMNS`` order, sorted as the index is; the ``ctid``
+        is the claimed version's, which nobody else updates while this worker
+        holds the job.
+
+        The candidates are found and locked by address and updated by address
+        (a TID scan): joining them back by id had the planner of a generic
+        plan, which cannot see the batch size, hash the whole table (370 ms a
+        fetch at 1,000,000 jobs), and even a primary-key probe per job cost more
+        than the address.
         """
-        s = self.s
-        candidates = self._plain_candidates(with_flags, "jobs.id", tasks=2, limit=3, flags=5)
+        flags = 4
+        after = (5 if with_flags else 4) if resume else None
+        candidates = self._plain_candidates(with_flags, "jobs.ctid", 1, 2, flags, after)
+        columns = self._PLAIN_ROW.format(j="jobs", plus="")
         return f"""
-with recursive {self._available_priorities(self._PLAIN_KIND)},
-candidates as ({candidates}
+{self._with_priorities(resume)} candidates as ({candidates}
 ),
-j as (
-  update {s}._private_jobs as jobs
-  set attempts = jobs.attempts + 1, locked_by = $1::text, locked_at = now()
-  from candidates
-  where jobs.id = candidates.id
-  returning jobs.*
+claimed as (
+  update {self.s}._private_jobs as jobs
+  set attempts = jobs.attempts + 1, locked_by = $3::text, locked_at = now()
+  where jobs.ctid = any(array(select candidates.ctid from candidates))
+  returning {columns}
 )
-select
-  j.id, null::text, ($4::text[])[array_position($2::text::int[], j.task_id)],
-  j.payload, j.priority, j.run_at, j.attempts, j.max_attempts, j.last_error,
-  j.created_at, j.updated_at, j.key, j.locked_at, j.locked_by, j.revision, j.flags
-from j
-order by j.priority, j.run_at, j.id"""
+select * from claimed order by 4, 5, 1"""
 
     def claim_keyed_or_queued(self, *, with_flags: bool) -> str:
         """Claim up to $3 due jobs that have a named queue or a job key, and lock
@@ -451,6 +467,22 @@ update {self.s}._private_job_queues as job_queues
 set locked_by = null, locked_at = null
 from j
 where job_queues.id = j.job_queue_id and job_queues.locked_by = $2::text"""
+
+    @cached_property
+    def complete_by_address(self) -> str:
+        """Delete finished plain jobs by row address: $1 ctids (a ``tid[]``
+        literal), $2 their ids (an array literal), pairwise.
+
+        A TID scan per job instead of a primary-key probe. The pair must match:
+        a row updated since this worker claimed it (its lock refreshed after an
+        hour, ``remove_job`` on a running keyed job) has moved, and is left for
+        :attr:`complete_batch`, by id, which the caller runs when fewer rows
+        than expected were deleted. Plain jobs have no queue to unlock.
+        """
+        return f"""
+delete from {self.s}._private_jobs as jobs
+using unnest($1::text::tid[], $2::text::bigint[]) as done(row_address, id)
+where jobs.ctid = done.row_address and jobs.id = done.id"""
 
     @cached_property
     def fail_batch(self) -> str:

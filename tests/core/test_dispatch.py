@@ -7,7 +7,6 @@ in-memory objects below, which record what the dispatcher asked of them.
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -32,17 +31,53 @@ class Completer:
 
     def __init__(self) -> None:
         self.done: list[int] = []
+        self.rows: list[str | None] = []
         self.failed: list[tuple[int, str, str | None]] = []
 
-    def complete(self, job_id: int) -> None:
+    def complete(self, job_id: int, ctid: str | None) -> None:
         self.done.append(job_id)
+        self.rows.append(ctid)
 
     def fail(self, job_id: int, message: str, payload_text: str | None) -> None:
         self.failed.append((job_id, message, payload_text))
 
 
+class Events:
+    """The two things the dispatcher reads of the pool's EventEmitter."""
+
+    def __init__(self) -> None:
+        self.listeners: dict[str, list[Any]] = {}
+        self.seen: list[tuple[str, Any]] = []
+
+    def emit(self, name: str, payload: dict[str, Any]) -> None:
+        self.seen.append((name, payload["job"].id))
+
+
+class Outcomes:
+    """Records failures, then hands them on to the results, as the pool's does."""
+
+    def __init__(self, results: Any) -> None:
+        self.results = results
+        self.failures: list[tuple[int, str | None, bool]] = []
+
+    def failed(self, job: Any, exc: BaseException | None, cancelled: bool) -> None:
+        self.failures.append((job.id, None if exc is None else str(exc), cancelled))
+        self.results.fail(job, "cancelled" if cancelled else str(exc), None)
+
+    def replaced(self, job: Any, replacement: Any) -> None:
+        self.results.fail(job, replacement[1], repr(replacement[0]))
+
+    async def batch_outcome(self, job: Any, result: list[Any]) -> Any:
+        failed = [entry for entry, ok in zip(job.payload, result, strict=True) if not ok]
+        return (failed, "batch") if failed else None
+
+    @staticmethod
+    async def with_timeout(call: Any, limit: float, name: str) -> Any:
+        return await asyncio.wait_for(call, limit)
+
+
 class Pool:
-    """A dispatcher wired as the worker wires it, with recording callbacks."""
+    """A dispatcher wired as the worker wires it, with recording collaborators."""
 
     def __init__(
         self,
@@ -55,29 +90,15 @@ class Pool:
         is_async: bool = True,
     ) -> None:
         self.completer = Completer()
-        self.failures: list[tuple[int, str | None, bool]] = []
         self.fetch_requests = 0
-        self.events: list[tuple[str, Any]] = []
-        self.listeners: dict[str, list[Any]] = {}
+        self.event_log = Events()
+        self.listeners = self.event_log.listeners
         self.worker_id = "w"
-        loop = asyncio.get_running_loop()
-
-        def on_failure(job: Any, exc: BaseException | None, cancelled: bool) -> None:
-            self.failures.append((job.id, None if exc is None else str(exc), cancelled))
-            self.dispatcher.fail(job, "cancelled" if cancelled else str(exc), None)
+        self.loop = asyncio.get_running_loop()
+        self.outcomes = Outcomes(twin.dispatch.Results(self.completer))
 
         def request_fetch() -> None:
             self.fetch_requests += 1
-
-        async def with_timeout(call: Any, limit: float, name: str) -> Any:
-            return await asyncio.wait_for(call, limit)
-
-        async def batch_outcome(job: Any, result: list[Any]) -> Any:
-            failed = [entry for entry, ok in zip(job.payload, result, strict=True) if not ok]
-            return (failed, "batch") if failed else None
-
-        def on_replacement(job: Any, replacement: Any) -> None:
-            self.dispatcher.fail(job, replacement[1], repr(replacement[0]))
 
         timeouts = timeouts or {}
         self.dispatcher = twin.dispatch.Dispatcher(
@@ -85,20 +106,27 @@ class Pool:
                 name: twin.dispatch.TaskEntry(handler, is_async, timeouts.get(name))
                 for name, handler in handlers.items()
             },
-            listeners=self.listeners,
-            emit=lambda name, payload: self.events.append((name, payload["job"].id)),
-            completer=self.completer,
-            helper_context=self,
-            run_sync=functools.partial(loop.run_in_executor, None),
-            with_timeout=with_timeout,
-            on_failure=on_failure,
-            batch_outcome=batch_outcome,
-            on_replacement=on_replacement,
+            events=self.event_log,
+            results=self.outcomes.results,
+            outcomes=self.outcomes,
+            context=self,
             request_fetch=request_fetch,
             worker_id="w",
             low_water=low_water,
         )
-        self.slots = [loop.create_task(self.dispatcher.slot()) for _ in range(concurrency)]
+        self.slots = [self.loop.create_task(self.dispatcher.slot()) for _ in range(concurrency)]
+
+    @property
+    def failures(self) -> list[tuple[int, str | None, bool]]:
+        return self.outcomes.failures
+
+    @property
+    def events(self) -> list[tuple[str, Any]]:
+        return self.event_log.seen
+
+    def run_in_thread(self, handler: Any, payload: Any, helpers: Any) -> Any:
+        """HelperContext's part: sync handlers run in the loop's thread pool."""
+        return self.loop.run_in_executor(None, handler, payload, helpers)
 
     def job_logger(self, job: Any) -> Any:
         """HelperContext's part: what ``helpers.logger`` returns (built once per job)."""
@@ -382,3 +410,39 @@ def test_ids_literal(twin: Twin) -> None:
         twin.dispatch.ids_literal([1, True])
     with pytest.raises(ValueError, match=r"ids\[0\] is out of bigint range"):
         twin.dispatch.ids_literal([2**63])
+
+
+async def test_claimed_plain_jobs_are_completed_by_row_address(twin: Twin) -> None:
+    """A plain job claimed at fetch (no lease) carries its row's address, which
+    the completer deletes it by; a job fetched without one is completed by id."""
+
+    async def handler(payload: Any, helpers: Any) -> None:
+        return None
+
+    rows = [(i, 2, "{}", 0, 0, 1, 25, None, None, None, 0, None, f"(0,{i})") for i in (1, 2)]
+    claimed = twin.decode.decode_leased(rows, None, {2: "t"}, "w", 0)
+    pool = Pool(twin, {"t": handler}, concurrency=1)
+    pool.dispatcher.deliver([*claimed, *_jobs(twin, "t", range(3, 4))])
+    await _until(lambda: len(pool.completer.done) == 3)
+    assert list(zip(pool.completer.done, pool.completer.rows, strict=True)) == [
+        (1, "(0,1)"),
+        (2, "(0,2)"),
+        (3, None),
+    ]
+    await pool.stop()
+
+
+async def test_held_ids_are_the_running_and_the_queued_jobs(twin: Twin) -> None:
+    release = asyncio.Event()
+
+    async def handler(payload: Any, helpers: Any) -> None:
+        await release.wait()
+
+    pool = Pool(twin, {"t": handler}, concurrency=1)
+    pool.dispatcher.deliver(_jobs(twin, "t", range(1, 4)))
+    await _until(lambda: list(pool.dispatcher.running) == [1])
+    assert pool.dispatcher.held_ids() == [1, 2, 3]
+    release.set()
+    await _until(lambda: len(pool.completer.done) == 3)
+    assert pool.dispatcher.held_ids() == []
+    await pool.stop()
