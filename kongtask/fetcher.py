@@ -23,6 +23,11 @@ other raises.
     A fetch failed. The next one waits for the back-off and for every other
     fetch to end (its claimed rows have not reached us yet), then first gives
     back what the database says this pool holds but never received.
+``FENCED``
+    The pool lost its database for so long that other pools may free its
+    jobs (see :class:`~kongtask.housekeeping.Heartbeat`): nothing is fetched.
+    When the database answers again the fetcher goes to ``BACKOFF``, whose
+    retry first gives back whatever the pool still holds but dropped.
 ``STOPPING``
     Stop was asked while fetches were in flight; they finish, so the jobs they
     take come back to the pool and are returned by its shutdown.
@@ -77,6 +82,8 @@ class Wake(enum.IntFlag):
     FREED = enum.auto()  # recovery freed the jobs of dead workers
     FETCHED = enum.auto()  # a fetch ended
     RETRY = enum.auto()  # the back-off after a failed fetch is over
+    FENCE = enum.auto()  # cut off from the database: others may free our jobs
+    LIFT = enum.auto()  # the database answers again
     STOP = enum.auto()
 
 
@@ -136,6 +143,7 @@ class State(enum.Enum):
     FETCHING = "fetching"
     STALE = "stale"
     BACKOFF = "backoff"
+    FENCED = "fenced"
     STOPPING = "stopping"
     DRAINED = "drained"
     STOPPED = "stopped"
@@ -143,14 +151,15 @@ class State(enum.Enum):
 
 #: Every move the fetcher may make; anything else is a bug and raises.
 TRANSITIONS: dict[State, frozenset[State]] = {
-    State.IDLE: frozenset({State.FETCHING, State.DRAINED, State.STOPPED}),
+    State.IDLE: frozenset({State.FETCHING, State.FENCED, State.DRAINED, State.STOPPED}),
     State.FETCHING: frozenset(
-        {State.STALE, State.IDLE, State.BACKOFF, State.STOPPING, State.STOPPED}
+        {State.STALE, State.IDLE, State.BACKOFF, State.FENCED, State.STOPPING, State.STOPPED}
     ),
     State.STALE: frozenset(
-        {State.FETCHING, State.IDLE, State.BACKOFF, State.STOPPING, State.STOPPED}
+        {State.FETCHING, State.IDLE, State.BACKOFF, State.FENCED, State.STOPPING, State.STOPPED}
     ),
-    State.BACKOFF: frozenset({State.FETCHING, State.STOPPING, State.STOPPED}),
+    State.BACKOFF: frozenset({State.FETCHING, State.FENCED, State.STOPPING, State.STOPPED}),
+    State.FENCED: frozenset({State.BACKOFF, State.STOPPING, State.STOPPED}),
     State.STOPPING: frozenset({State.STOPPED}),
     State.DRAINED: frozenset({State.STOPPED}),
     State.STOPPED: frozenset(),
@@ -254,6 +263,14 @@ class Fetcher:
         """Stop fetching; fetches in flight finish, so the jobs they take come back."""
         self._wakeups.post(Wake.STOP)
 
+    def fence(self) -> None:
+        """Fetch nothing until :meth:`lift` (the heartbeat's fence)."""
+        self._wakeups.post(Wake.FENCE)
+
+    def lift(self) -> None:
+        """The database answers again: give back what we dropped, then fetch."""
+        self._wakeups.post(Wake.LIFT)
+
     async def run(self) -> State:
         """Fetch until stopped, or (``run_once``) until drained; returns the final state."""
         self._look()
@@ -274,6 +291,13 @@ class Fetcher:
         if self.state in (State.STOPPING, State.STOPPED, State.DRAINED):
             if self.state is State.STOPPING and not self._inflight:
                 self._move(State.STOPPED)
+            return
+        if reasons & Wake.FENCE:
+            self._move(State.FENCED)
+        if reasons & Wake.LIFT and self.state is State.FENCED:
+            self._move(State.BACKOFF)
+            self._retry_due = True  # at once, giving back what the pool dropped
+        if self.state is State.FENCED:
             return
         if reasons & Wake.RETRY:
             self._retry_due = True
@@ -363,7 +387,7 @@ class Fetcher:
             self._claim_queues = True  # the claim may not have run; its jobs are still due
             if error is not None and not isinstance(error, DB_ERRORS):
                 raise error  # a bug: the pool's watchdog stops loudly
-            if self.state in (State.STOPPING, State.STOPPED):
+            if self.state in (State.STOPPING, State.STOPPED, State.FENCED):
                 return
             if not self._failing:
                 self._failing = True
@@ -393,7 +417,7 @@ class Fetcher:
                 self._set_run_at_timer(result.next_due)
         if not result.got:
             self._events.emit("worker:getJob:empty", {"worker_id": self._worker_id})
-        if self.state in (State.STOPPING, State.STOPPED, State.BACKOFF):
+        if self.state in (State.STOPPING, State.STOPPED, State.BACKOFF, State.FENCED):
             return
         if self._inflight:
             if self._more and self._dispatcher.queued() <= self._dispatcher.low_water:

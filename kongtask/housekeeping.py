@@ -1,4 +1,5 @@
-"""A pool's background chores: the poll tick, the stale-lock sweep, heartbeats.
+"""A pool's background chores: the poll tick, the stale-lock sweep, heartbeats,
+recovery of dead pools' jobs, and the fence.
 
 Each loop logs once when its statement starts failing and once when it works
 again (a database outage must not flood the log), and never stops the pool.
@@ -8,21 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import asyncpg
 
+from . import liveness
 from .db import DB_ERRORS
 from .queries import Queries
 
 STALE_LOCK_SWEEP_INTERVAL = 600.0
-
-
-def heartbeat_args(worker_id: str, running: Iterable[int]) -> tuple[str, str, int, list[str]]:
-    """Parameters of ``Queries.heartbeat``: who we are and the jobs we run."""
-    return (worker_id, socket.gethostname(), os.getpid(), [str(i) for i in running])
 
 
 async def poll_loop(
@@ -51,36 +48,128 @@ async def poll_loop(
         since_sweep += interval
 
 
-async def heartbeat_loop(
-    pool: asyncpg.Pool,
-    queries: Queries,
-    worker_id: str,
-    running: Callable[[], Iterable[int]],
-    *,
-    interval: float,
-    dead_after: float,
-    nudge: Callable[[], None],
-    log: logging.Logger,
-) -> None:
-    """Stay visibly alive, and free the jobs of pools that are not."""
-    failing = False
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            await pool.execute(queries.heartbeat, *heartbeat_args(worker_id, running()))
-            row = await pool.fetchrow(queries.recover_dead_workers, dead_after)
-        except DB_ERRORS as exc:
-            if not failing:
-                failing = True
-                log.warning("heartbeat failed (%s); retrying", exc)
-            continue
-        if failing:
-            failing = False
-            log.warning("heartbeat works again")
+class Heartbeat:
+    """Keeps this pool visibly alive, frees the jobs of pools that are not, and
+    fences this pool off when it has been cut off so long that others may free
+    its jobs.
+
+    Other pools declare this one dead when its row's ``last_seen`` (the
+    database's clock when a heartbeat ran) is older than ``dead_after``. A
+    heartbeat runs no earlier than it was sent, so once ``dead_after -
+    interval`` has passed since the last heartbeat that was sent and succeeded,
+    this pool calls ``on_fenced`` (which stops its running jobs) a whole
+    interval before anyone may free them: a job never runs on two pools at
+    once because a connection was lost. When a heartbeat succeeds again,
+    ``on_unfenced`` says whether the row had been deleted meanwhile (declared
+    dead, its jobs freed).
+
+    Each tick also frees the jobs of pools on this host whose process is gone
+    (:mod:`kongtask.liveness`), at once, and of pools silent for ``dead_after``.
+    """
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        queries: Queries,
+        worker_id: str,
+        running: Callable[[], Iterable[int]],
+        *,
+        interval: float,
+        dead_after: float,
+        on_freed: Callable[[], None],
+        on_fenced: Callable[[], None],
+        on_unfenced: Callable[[bool], None],
+        log: logging.Logger,
+    ) -> None:
+        self._pool = pool
+        self._q = queries
+        self._worker_id = worker_id
+        self._running = running
+        self.interval = interval
+        self.dead_after = dead_after
+        self._on_freed = on_freed
+        self._on_fenced = on_fenced
+        self._on_unfenced = on_unfenced
+        self.log = log
+        self._host, self._pid, self._started = liveness.own_identity()
+        self._hostname = socket.gethostname()
+        self._fence_timer: asyncio.TimerHandle | None = None
+        self.fenced = False
+
+    async def register(self, conn: Any) -> None:
+        """The first heartbeat, before the first fetch: a pool killed right after
+        claiming a job must already be known, or nobody frees it. Frees the jobs
+        of dead pools on this host first, so a restarted pool runs them at once."""
+        sent = asyncio.get_running_loop().time()
+        await conn.fetchval(self._q.heartbeat, *self._args(()))
+        self._renewed(sent)
+        await self._recover(conn)
+
+    def _args(self, running: Iterable[int]) -> tuple[Any, ...]:
+        return (
+            self._worker_id,
+            self._hostname,
+            self._pid,
+            self._host,
+            self._started,
+            [str(job_id) for job_id in running],
+        )
+
+    def _renewed(self, sent: float) -> None:
+        if self._fence_timer is not None:
+            self._fence_timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._fence_timer = loop.call_at(sent + self.dead_after - self.interval, self._fence)
+
+    def _fence(self) -> None:
+        self._fence_timer = None
+        if not self.fenced:
+            self.fenced = True
+            self._on_fenced()
+
+    async def _recover(self, conn: Any) -> None:
+        """Free the jobs of dead pools: gone from this host, or silent too long."""
+        exited: list[str] = []
+        if self._host is not None:
+            for row in await conn.fetch(self._q.workers_on_host, self._host, self._worker_id):
+                if liveness.is_gone(row["pid"], row["process_start"]):
+                    exited.append(row["worker_id"])
+        row = await conn.fetchrow(self._q.recover_dead_workers, self.dead_after, exited)
         if row is not None and row["workers"]:
-            log.warning(
-                "freed %d job(s) of worker(s) %s that stopped heartbeating",
+            self.log.warning(
+                "freed %d job(s) of dead worker(s) %s",
                 row["jobs"],
                 ", ".join(row["workers"]),
             )
-            nudge()
+            self._on_freed()
+
+    async def run(self) -> None:
+        """Beat every ``interval`` until cancelled."""
+        failing = False
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                await asyncio.sleep(self.interval)
+                sent = loop.time()
+                try:
+                    async with self._pool.acquire(timeout=self.interval) as conn:
+                        was_missing = await conn.fetchval(
+                            self._q.heartbeat, *self._args(self._running()), timeout=self.interval
+                        )
+                        self._renewed(sent)
+                        if self.fenced:
+                            self.fenced = False
+                            self._on_unfenced(bool(was_missing))
+                        await self._recover(conn)
+                except (*DB_ERRORS, asyncio.TimeoutError) as exc:
+                    if not failing:
+                        failing = True
+                        self.log.warning("heartbeat failed (%s); retrying", exc)
+                    continue
+                if failing:
+                    failing = False
+                    self.log.warning("heartbeat works again")
+        finally:
+            if self._fence_timer is not None:
+                self._fence_timer.cancel()
+                self._fence_timer = None

@@ -27,7 +27,11 @@ LATEST_MIGRATION = 19
 #: Migrations graphile-worker marks as breaking: older workers must stop.
 BREAKING_MIGRATIONS = (1, 3, 11, 13, 14, 16, 19)
 #: kongtask's own track (objects graphile-worker never touches), applied in order.
-KONGTASK_MIGRATIONS = ("kongtask_0001_workers.sql", "kongtask_0002_fetch_indexes.sql")
+KONGTASK_MIGRATIONS = (
+    "kongtask_0001_workers.sql",
+    "kongtask_0002_fetch_indexes.sql",
+    "kongtask_0003_worker_processes.sql",
+)
 #: Objects of kongtask's track; everything else in the schema is graphile-worker's.
 KONGTASK_OBJECTS = (
     "_kongtask_jobs_claim_index",
@@ -222,10 +226,15 @@ async def _migrate_kongtask_track(conn: asyncpg.Connection, schema: str) -> None
         await conn.execute(f"insert into {quoted}._kongtask_migrations (id) values ($1)", number)
 
 
-async def has_kongtask_track(conn: asyncpg.Connection, schema: str) -> bool:
-    """Whether the heartbeat table exists (a schema migrated only by graphile-worker lacks it)."""
-    return bool(
-        await conn.fetchval(
-            "select to_regclass($1) is not null", f"{quote_ident(schema)}._kongtask_workers"
-        )
+async def kongtask_track_version(conn: asyncpg.Connection, schema: str) -> int:
+    """How far kongtask's own track is applied (0 for a schema migrated only by
+    graphile-worker): heartbeats and recovery need all of it."""
+    quoted = quote_ident(schema)
+    exists = await conn.fetchval(
+        "select to_regclass($1) is not null", f"{quoted}._kongtask_migrations"
+    )
+    if not exists:
+        return 0
+    return int(
+        await conn.fetchval(f"select coalesce(max(id), 0) from {quoted}._kongtask_migrations")
     )

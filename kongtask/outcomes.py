@@ -22,6 +22,10 @@ from .events import EventEmitter
 
 _TRACEBACK_FRAMES = 5
 SHUTDOWN_MESSAGE = "Worker was forcefully shut down while running this job"
+FENCE_MESSAGE = (
+    "Worker lost its database for so long that other workers could free this job; "
+    "its run was cancelled"
+)
 
 
 def format_error(exc: BaseException) -> str:

@@ -35,11 +35,11 @@ from .events import EventEmitter
 from .fetch_cycle import FetchCycle
 from .fetcher import Fetcher, State, Wakeups, pipelines_for
 from .helpers import HelperContext
-from .housekeeping import heartbeat_args, heartbeat_loop, poll_loop
+from .housekeeping import Heartbeat, poll_loop
 from .leases import LeaseKeeper
 from .listener import Listener
 from .options import WorkerOptions, build_options, check_pool_size
-from .outcomes import SHUTDOWN_MESSAGE, Outcomes, format_error
+from .outcomes import FENCE_MESSAGE, SHUTDOWN_MESSAGE, Outcomes, format_error
 from .queries import Queries
 from .tasks import Handler, TaskList, as_task_list
 
@@ -77,7 +77,8 @@ class Runner:
         self._given_pool = dsn_or_pool if isinstance(dsn_or_pool, asyncpg.Pool) else None
         self._dsn = None if self._given_pool else resolve_dsn(dsn_or_pool)  # type: ignore[arg-type]
         self._pool: asyncpg.Pool | None = self._given_pool
-        self._heartbeats = False
+        self._heartbeat: Heartbeat | None = None
+        self._outcomes: Outcomes | None = None
         self._stopping = False
         self._abort = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -151,12 +152,22 @@ class Runner:
                     await _migrate.migrate(conn, self.schema)
                 else:
                     await _migrate.ensure_compatible(conn, self.schema)
-                self._heartbeats = await _migrate.has_kongtask_track(conn, self.schema)
+                track = await _migrate.kongtask_track_version(conn, self.schema)
                 task_ids, task_names = await self._register_tasks(conn)
-                if self._heartbeats:
-                    # Registered before the first fetch: a pool killed right after
-                    # claiming a job must already be known, or nobody frees it.
-                    await conn.execute(self.queries.heartbeat, *heartbeat_args(self.worker_id, ()))
+                if track >= len(_migrate.KONGTASK_MIGRATIONS):
+                    self._heartbeat = Heartbeat(
+                        self._pool,
+                        self.queries,
+                        self.worker_id,
+                        lambda: list(self.running_jobs),
+                        interval=opts.heartbeat_interval,
+                        dead_after=opts.dead_worker_timeout,
+                        on_freed=self._wakeups.jobs_freed,
+                        on_fenced=self._fence,
+                        on_unfenced=self._lift_fence,
+                        log=self.log,
+                    )
+                    await self._heartbeat.register(conn)
             if listening is not None:
                 await listening
             if self._cron_items:
@@ -172,7 +183,7 @@ class Runner:
                 await self._listener.stop()
             await self._close_pool()
             raise
-        if not self._heartbeats:
+        if self._heartbeat is None:
             self.log.warning(
                 "schema %r lacks kongtask's heartbeat table (run `kongtask migrate`); "
                 "crashed workers' jobs will only be freed after 4 hours",
@@ -198,21 +209,8 @@ class Runner:
                     )
                 )
             )
-            if self._heartbeats:
-                self._background.append(
-                    loop.create_task(
-                        heartbeat_loop(
-                            self._pool,
-                            self.queries,
-                            self.worker_id,
-                            lambda: list(self.running_jobs),
-                            interval=opts.heartbeat_interval,
-                            dead_after=opts.dead_worker_timeout,
-                            nudge=self._wakeups.jobs_freed,
-                            log=self.log,
-                        )
-                    )
-                )
+            if self._heartbeat is not None:
+                self._background.append(loop.create_task(self._heartbeat.run()))
         for task in self._background:
             task.add_done_callback(self._background_done)
         if opts.handle_signals:
@@ -254,7 +252,7 @@ class Runner:
             session_settings=opts.prepared_statements,
         )
         results = dispatch.Results(completer)
-        outcomes = Outcomes(self.events, self.log, results)
+        self._outcomes = outcomes = Outcomes(self.events, self.log, results)
         context = HelperContext(
             WorkerUtils(pool, schema=self.schema), pool, self._abort, self.worker_id, loop
         )
@@ -459,7 +457,7 @@ class Runner:
                 # id still holds was never started, so its attempt is undone.
                 await self._pool.execute(self.queries.return_orphans, self.worker_id, "{}")
                 await self._pool.execute(self.queries.force_unlock_workers, [self.worker_id])
-                if self._heartbeats:
+                if self._heartbeat is not None:
                     await self._pool.execute(self.queries.forget_worker, self.worker_id)
         except (*DB_ERRORS, asyncio.TimeoutError) as exc:
             self.log.error(
@@ -508,6 +506,57 @@ class Runner:
                 self.log.error("could not return %d unstarted job(s): %s", len(ids), exc)
                 return
         self.events.emit("localQueue:returnJobs", {"jobs": jobs})
+
+    # ------------------------------------------------------------------ fence
+    def _fence(self) -> None:
+        """Cut off from the database for so long that other pools may free our
+        jobs: stop running them before anyone can (docs/guarantees.md)."""
+        if self._stopping or self._dispatcher is None or self._fetcher is None:
+            return
+        assert self._outcomes is not None and self._heartbeat is not None
+        dispatcher = self._dispatcher
+        self.log.error(
+            "no heartbeat reached the database for %.0fs; other pools may free this "
+            "pool's jobs after %.0fs, so its %d running job(s) are cancelled and "
+            "fetching pauses until the database answers",
+            self._heartbeat.dead_after - self._heartbeat.interval,
+            self._heartbeat.dead_after,
+            len(dispatcher.running),
+        )
+        for job in dispatcher.running.values():
+            if not self.tasks.is_async(job.task_identifier):
+                self.log.error(
+                    "job %s (%s) runs a sync handler, which cannot be cancelled: it may "
+                    "overlap with a run on another pool",
+                    job.id,
+                    job.task_identifier,
+                )
+        self._outcomes.cancel_message = FENCE_MESSAGE
+        self._fetcher.fence()
+        dispatcher.stopping = True  # jobs a fetch in flight brings are kept, not run
+        dispatcher.release_waiters()
+        for slot in self._slots:
+            slot.cancel()
+
+    def _lift_fence(self, declared_dead: bool) -> None:
+        """The database answers again: drop what we held but never started (a
+        fetch's first statement gives back whatever of it is still ours), then
+        run jobs again."""
+        if self._stopping or self._dispatcher is None or self._fetcher is None:
+            return
+        assert self._outcomes is not None
+        dispatcher = self._dispatcher
+        dropped = dispatcher.take_unstarted()
+        self.log.warning(
+            "the database answers again%s; %d unstarted job(s) dropped, resuming",
+            " (this pool had been declared dead and its jobs freed)" if declared_dead else "",
+            len(dropped),
+        )
+        self._outcomes.cancel_message = SHUTDOWN_MESSAGE
+        dispatcher.stopping = False
+        loop = asyncio.get_running_loop()
+        self._slots = [loop.create_task(dispatcher.slot()) for _ in range(self.options.concurrency)]
+        self._fetcher.lift()
 
     # --------------------------------------------------------------- wake-up
     def nudge(self) -> None:

@@ -574,9 +574,13 @@ select (select count(*) from j) + (select count(*) from q)"""
     # ------------------------------------------------------------- heartbeats
     @cached_property
     def heartbeat(self) -> str:
-        """Say this pool is alive ($1 worker id, $2 host, $3 pid) and keep the
-        locks of its long-running jobs ($4 ids) younger than the 4-hour rule,
-        so neither kongtask's nor graphile-worker's stale-lock sweep frees them.
+        """Say this pool is alive ($1 worker id, $2 host name, $3 pid, $4 host key,
+        $5 process start: see :mod:`kongtask.liveness`) and keep the locks of its
+        long-running jobs ($6 ids) younger than the 4-hour rule, so neither
+        kongtask's nor graphile-worker's stale-lock sweep frees them.
+
+        Returns whether the row was missing: another pool had declared this
+        one dead (and freed its jobs) while it could not reach the database.
 
         The ids travel as ``text[]``: this statement runs on a fresh connection
         during start-up, and a ``bigint[]`` parameter would first cost asyncpg
@@ -584,39 +588,56 @@ select (select count(*) from j) + (select count(*) from q)"""
         s = self.s
         return f"""
 with me as (
-  insert into {s}._kongtask_workers as w (worker_id, hostname, pid)
-  values ($1::text, $2::text, $3::int)
+  insert into {s}._kongtask_workers as w (worker_id, hostname, pid, host_key, process_start)
+  values ($1::text, $2::text, $3::int, $4::text, $5::bigint)
   on conflict (worker_id) do update set last_seen = now()
-  returning 1
+  returning (xmax = 0) as was_missing
 ), fresh as (
   update {s}._private_jobs as jobs set locked_at = now()
-  where jobs.id = any($4::text[]::bigint[]) and jobs.locked_by = $1::text
+  where jobs.id = any($6::text[]::bigint[]) and jobs.locked_by = $1::text
     and jobs.locked_at < now() - interval '1 hour'
   returning jobs.job_queue_id
+), queues as (
+  update {s}._private_job_queues as job_queues set locked_at = now()
+  from fresh
+  where job_queues.id = fresh.job_queue_id and job_queues.locked_by = $1::text
 )
-update {s}._private_job_queues as job_queues set locked_at = now()
-from fresh
-where job_queues.id = fresh.job_queue_id and job_queues.locked_by = $1::text"""
+select was_missing from me"""
+
+    @cached_property
+    def workers_on_host(self) -> str:
+        """Other pools recorded on this host ($1 host key; $2 this pool's id):
+        their pid and process start, to check against ``/proc``."""
+        return f"""
+select w.worker_id, w.pid, w.process_start
+from {self.s}._kongtask_workers as w
+where w.host_key = $1::text and w.worker_id <> $2::text"""
 
     @cached_property
     def recover_dead_workers(self) -> str:
-        """Free the jobs and queues of pools silent for more than $1 seconds.
+        """Free the jobs and queues of dead pools: those silent for more than $1
+        seconds, and those in $2 (pools on this host whose process is gone).
 
-        The interrupted run already counted as an attempt (attempts rise when a
-        job is fetched), so the job is simply unlocked with a note in
-        ``last_error``; the dead pool's row is deleted in the same statement,
-        so concurrent sweepers recover each pool once.
+        Dying counts as a failed attempt: the attempt was counted when the job
+        was claimed, and the job now backs off as after any failure, with
+        ``last_error`` naming the dead pool. A job that has used its last
+        attempt stays, failed for good. The dead pool's row is deleted in the
+        same statement, so concurrent sweepers recover each pool once.
         """
         s = self.s
         return f"""
 with dead as (
   delete from {s}._kongtask_workers as w
   where w.last_seen < now() - $1::float8 * interval '1 second'
-  returning w.worker_id
+     or w.worker_id = any($2::text[])
+  returning w.worker_id, w.worker_id = any($2::text[]) as exited
 ), jobs_freed as (
   update {s}._private_jobs as jobs
   set locked_at = null, locked_by = null, updated_at = now(),
-      last_error = 'Worker ' || jobs.locked_by || ' stopped heartbeating while holding this job'
+      run_at = greatest(now(), jobs.run_at) + exp(least(jobs.attempts, 10)) * interval '1 second',
+      last_error = 'Worker ' || jobs.locked_by || case when dead.exited
+        then ' died while holding this job (its process is gone)'
+        else ' stopped heartbeating while holding this job' end
   from dead
   where jobs.locked_by = dead.worker_id
   returning jobs.id

@@ -434,6 +434,8 @@ KONGTASK_ONLY: dict[str, frozenset[str]] = {
             "_kongtask_workers.pid",
             "_kongtask_workers.started_at",
             "_kongtask_workers.last_seen",
+            "_kongtask_workers.host_key",
+            "_kongtask_workers.process_start",
         }
     ),
     "constraints": frozenset({"_kongtask_migrations_pkey", "_kongtask_workers_pkey"}),
