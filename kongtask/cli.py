@@ -119,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
         "runs, as graphile-worker does; leases are faster but weaker under faults, see "
         "docs/guarantees.md)",
     )
+    run.add_argument(
+        "--listen-dsn",
+        metavar="DSN",
+        help="a direct connection for LISTEN when -c goes through a transaction-pooling "
+        "PgBouncer (with --no-prepared-statements and no --listen-dsn the pool polls)",
+    )
     run.add_argument("--complete-batch-delay", type=float, default=2.0, metavar="MS")
     run.add_argument(
         "--no-prepared-statements",
@@ -243,6 +249,7 @@ async def _cmd_run(args: argparse.Namespace) -> int:
         lease_time=args.lease_time / 1000,
         complete_batch_delay=args.complete_batch_delay / 1000,
         prepared_statements=not args.no_prepared_statements,
+        listen_dsn=args.listen_dsn,
         max_pool_size=args.max_pool_size,
         shutdown_timeout=args.shutdown_timeout,
         forbidden_flags=args.forbidden_flag or None,

@@ -65,7 +65,7 @@ class WorkerOptions:
     worker_id: str | None = None
     migrate: bool = True
     connect_kwargs: dict[str, Any] = field(default_factory=dict)
-    listen_dsn: str | None = None
+    listen_dsn: str | None = field(default=None, repr=False)
 
     def validate(self) -> None:
         """Reject nonsense early, naming the option."""

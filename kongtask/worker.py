@@ -18,7 +18,7 @@ import logging
 import secrets
 import signal
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 
@@ -123,12 +123,13 @@ class Runner:
         loop = asyncio.get_running_loop()
         opts = self.options
         listening: asyncio.Task[None] | None = None
-        if not self._once:
+        listen_dsn = self._listen_dsn()
+        if listen_dsn is not False:
             connect_kwargs = dict(opts.connect_kwargs)
-            if not opts.prepared_statements:
+            if not opts.prepared_statements and opts.listen_dsn is None:
                 connect_kwargs.setdefault("statement_cache_size", 0)
             self._listener = Listener(
-                self._dsn if self._given_pool is None else _pool_dsn(self._given_pool),
+                listen_dsn,
                 connect_kwargs,
                 self.events,
                 on_insert=self._wakeups.jobs_inserted,
@@ -303,6 +304,31 @@ class Runner:
             worker_id=self.worker_id,
             log=self.log,
         )
+
+    def _listen_dsn(self) -> str | Literal[False] | None:
+        """Where to LISTEN for new jobs, or False to rely on polling alone.
+
+        ``LISTEN`` needs a session of its own: through a PgBouncer in
+        transaction pooling the notifications would reach whichever client
+        holds the server connection next. A pool without prepared statements
+        (the PgBouncer setting) therefore listens only on an explicit
+        ``listen_dsn`` (a direct connection), and polls otherwise.
+        """
+        opts = self.options
+        if self._once:
+            return False
+        if opts.listen_dsn is not None:
+            return opts.listen_dsn
+        if not opts.prepared_statements:
+            self.log.warning(
+                "no listen_dsn (--listen-dsn) given for a pool without prepared statements: "
+                "LISTEN cannot work through a transaction-pooling PgBouncer, so new jobs are "
+                "found by polling every %.1fs; give a direct connection to pick them up "
+                "in milliseconds",
+                opts.poll_interval,
+            )
+            return False
+        return self._dsn if self._given_pool is None else _pool_dsn(self._given_pool)
 
     def _fetching_done(self, task: asyncio.Task[State]) -> None:
         """The fetcher ends when stopped, or drained in ``run_once`` (the pool then
