@@ -210,8 +210,10 @@ class Runner:
                     )
                 )
             )
-            if self._heartbeat is not None:
-                self._background.append(loop.create_task(self._heartbeat.run()))
+        if self._heartbeat is not None:
+            # run_once too: a drain can outlast dead_worker_timeout, and a pool
+            # whose row went stale would have its running jobs freed by others.
+            self._background.append(loop.create_task(self._heartbeat.run()))
         for task in self._background:
             task.add_done_callback(self._background_done)
         if opts.handle_signals:

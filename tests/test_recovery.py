@@ -174,3 +174,33 @@ async def test_a_pool_cut_off_from_its_database_stops_its_jobs_before_anyone_may
             assert await conn.fetchval("select count(*) from fence._private_jobs") == 0
         finally:
             await conn.close()
+
+
+async def test_run_once_keeps_heartbeating_through_a_drain_longer_than_the_dead_timeout(
+    database_url: str, utils: WorkerUtils, conn: asyncpg.Connection
+) -> None:
+    """A run_once drain that outlasts ``dead_worker_timeout`` keeps its row fresh:
+    otherwise its own fence would stop it midway, and other pools would free
+    (and run) its jobs while it still runs them."""
+    await utils.add_jobs([kongtask.JobSpec("t", {"n": n}) for n in range(8)])
+    ran = Recorder()
+
+    async def handler(payload: Any, helpers: kongtask.Helpers) -> None:
+        await asyncio.sleep(0.25)
+        ran.record(payload["n"])
+
+    code = await asyncio.wait_for(
+        kongtask.run_once(
+            database_url,
+            {"t": handler},
+            schema=utils.schema,
+            concurrency=1,
+            heartbeat_interval=0.2,
+            dead_worker_timeout=0.9,
+        ),
+        60,
+    )
+    assert code == 0 and sorted(ran.calls) == list(range(8))
+    assert (
+        await conn.fetchval(f"select count(*) from {quote_ident(utils.schema)}._private_jobs") == 0
+    )

@@ -39,26 +39,11 @@ __all__ = [
     "decode_leased", "decode_stored", "loads_payload", "pg_timestamp",
 ]
 
-JOB_COLUMNS = (
-    "id",
-    "queue_name",
-    "task_identifier",
-    "payload",
-    "priority",
-    "run_at",
-    "attempts",
-    "max_attempts",
-    "last_error",
-    "created_at",
-    "updated_at",
-    "key",
-    "locked_at",
-    "locked_by",
-    "revision",
-    "flags",
+from kongtask._core.common import (
+    JOB_COLUMNS, LEASED_COLUMNS, MAX_FALLBACK_DEPTH, STORED_COLUMNS, BAD_FLAGS, BAD_JSON, TOO_DEEP,
 )
+
 _ALL_FIELDS = JOB_COLUMNS + ("payload_error",)
-MAX_FALLBACK_DEPTH = 512  # deepest nesting handed to the stdlib fallback; see the pure twin
 
 cdef enum:
     NCOLUMNS = 16
@@ -68,9 +53,9 @@ cdef object _orjson_loads = orjson.loads
 cdef object _JSONDecodeError = orjson.JSONDecodeError
 cdef object _json_loads = json.loads
 
-cdef str _BAD_JSON = "payload is not valid JSON: "
-cdef str _TOO_DEEP = "payload JSON is nested too deeply to decode"
-cdef str _BAD_FLAGS = "flags is not a JSON object: "
+cdef str _BAD_JSON = BAD_JSON
+cdef str _TOO_DEEP = TOO_DEEP
+cdef str _BAD_FLAGS = BAD_FLAGS
 
 
 # asyncpg's own mapping of timestamptz values, so a lazily converted timestamp
@@ -477,17 +462,6 @@ def decode_jobs(rows):
     return out
 
 
-#: Columns of a leased row (queries.Queries.lease_plain): the job columns that
-#: differ from row to row. A leased job has no queue and no key, and the worker
-#: knows its task names, its own id and when it fetched the batch, so those
-#: are filled in here instead of being sent and decoded once per row. The
-#: last column, the row's ``ctid`` as text, becomes ``Job.ctid``: the address a
-#: success is deleted by (no primary-key probe). Plain jobs claimed the classic
-#: way come in the same shape, with no lease.
-LEASED_COLUMNS = (
-    "id", "task_id", "payload", "priority", "run_at", "attempts", "max_attempts",
-    "last_error", "created_at", "updated_at", "revision", "flags", "ctid",
-)
 cdef Py_ssize_t _NLEASED = len(LEASED_COLUMNS)
 
 
@@ -533,9 +507,6 @@ def decode_leased(rows, lease, dict task_names, locked_by, locked_at):
     return out
 
 
-#: Columns of a stored job row as ``add_jobs`` returns it: the table's own
-#: columns, with task and queue as ids (the client names them from a cache).
-STORED_COLUMNS = ("id", "job_queue_id", "task_id") + JOB_COLUMNS[3:]
 
 
 def decode_stored(rows, dict task_names, dict queue_names):

@@ -1,7 +1,7 @@
 """Pure-Python twin of ``kongtask._core.decode``: fetched rows -> :class:`Job` objects.
 
 The worker fetches jobs in batches and hands the whole batch to
-:func:`decode_jobs` in one call (DESIGN.md section 4), so this module is on the
+:func:`decode_jobs` in one call (docs/architecture.md), so this module is on the
 per-job path. asyncpg returns ``json``/``jsonb`` columns as text; parsing it
 here, in one loop, is cheaper than a per-row codec callback.
 
@@ -36,6 +36,11 @@ from typing import Any
 
 import orjson
 
+from .common import BAD_FLAGS as _BAD_FLAGS
+from .common import BAD_JSON as _BAD_JSON
+from .common import JOB_COLUMNS, LEASED_COLUMNS, MAX_FALLBACK_DEPTH, STORED_COLUMNS
+from .common import TOO_DEEP as _TOO_DEEP
+
 __all__ = [
     "JOB_COLUMNS",
     "LEASED_COLUMNS",
@@ -49,24 +54,6 @@ __all__ = [
     "pg_timestamp",
 ]
 
-JOB_COLUMNS: tuple[str, ...] = (
-    "id",
-    "queue_name",
-    "task_identifier",
-    "payload",
-    "priority",
-    "run_at",
-    "attempts",
-    "max_attempts",
-    "last_error",
-    "created_at",
-    "updated_at",
-    "key",
-    "locked_at",
-    "locked_by",
-    "revision",
-    "flags",
-)
 _NCOLUMNS = len(JOB_COLUMNS)
 
 _orjson_loads = orjson.loads
@@ -80,7 +67,6 @@ _LONG_RUN = b"0" * 19
 
 # Deepest nesting the stdlib fallback is asked to parse (orjson itself takes 1024):
 # leaves room for ~480 frames of caller stack under the default recursion limit.
-MAX_FALLBACK_DEPTH = 512
 # A string token (closed or running to the end) or a bracket: the same state
 # machine as the compiled twin's loop, in one regex.
 _STR_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[\]{}]', re.S)
@@ -123,11 +109,6 @@ def _timestamp_property(slot: str) -> property:
         setattr(self, slot, value)
 
     return property(get, set_)
-
-
-_BAD_JSON = "payload is not valid JSON: "
-_TOO_DEEP = "payload JSON is nested too deeply to decode"
-_BAD_FLAGS = "flags is not a JSON object: "
 
 
 def _has_long_digit_run(text: str | bytes) -> bool:
@@ -397,28 +378,6 @@ def decode_job(row: Any) -> Job:
     return decode_jobs((row,))[0]
 
 
-#: Columns of a leased row (queries.Queries.lease_plain): the job columns that
-#: differ from row to row. A leased job has no queue and no key, and the worker
-#: knows its task names, its own id and when it fetched the batch, so those
-#: are filled in here instead of being sent and decoded once per row. The
-#: last column, the row's ``ctid`` as text, becomes ``Job.ctid``: the address a
-#: success is deleted by (no primary-key probe). Plain jobs claimed the classic
-#: way come in the same shape, with no lease.
-LEASED_COLUMNS: tuple[str, ...] = (
-    "id",
-    "task_id",
-    "payload",
-    "priority",
-    "run_at",
-    "attempts",
-    "max_attempts",
-    "last_error",
-    "created_at",
-    "updated_at",
-    "revision",
-    "flags",
-    "ctid",
-)
 _NLEASED = len(LEASED_COLUMNS)
 
 
@@ -482,16 +441,6 @@ def decode_leased(
         job.ctid = ctid
         append(job)
     return out
-
-
-#: Columns of a stored job row as ``add_jobs`` returns it: the table's own
-#: columns, with task and queue as ids (the client names them from a cache).
-STORED_COLUMNS: tuple[str, ...] = (
-    "id",
-    "job_queue_id",
-    "task_id",
-    *JOB_COLUMNS[3:],
-)
 
 
 def decode_stored(rows: Any, task_names: dict[int, str], queue_names: dict[int, str]) -> list[Job]:

@@ -18,7 +18,10 @@ from kongtask._core.decode cimport Job
 
 __all__ = ["Dispatcher", "Helpers", "Lease", "Results", "TaskEntry", "ids_literal"]
 
-YIELD_EVERY = 16
+from kongtask._core.common import YIELD_EVERY, Helpers, TaskEntry
+
+cdef int _YIELD_EVERY = YIELD_EVERY
+cdef object _new_object = object.__new__
 
 cdef object _CancelledError = asyncio.CancelledError
 cdef object _isawaitable = inspect.isawaitable
@@ -160,81 +163,13 @@ cdef class Lease:
         return [job.id for job in self.jobs if job.id not in finished]
 
 
-cdef class Helpers:
-    """What a handler gets besides its payload: its job, a logger, the client.
-
-    Built for each job, so it holds two references; everything else is the
-    pool's HelperContext (kongtask.helpers). ``add_job``/``add_jobs`` use the
-    worker's pool (the schema's functions, so notifications and job keys
-    behave as for any client). ``abort_signal`` is set when the pool shuts
-    down forcefully: long handlers should watch it.
-    """
-
-    cdef object _context
-    cdef object _logger
-    cdef public object job
-
-    def __init__(self, context, job):
-        self._context = context
-        self.job = job
-
-    @property
-    def abort_signal(self):
-        """Set when the pool shuts down forcefully."""
-        return self._context.abort_signal
-
-    @property
-    def worker_id(self):
-        """The id of the pool running this job (what ``locked_by`` says once claimed)."""
-        return self._context.worker_id
-
-    @property
-    def loop(self):
-        """The pool's event loop (for sync handlers that need to reach it)."""
-        return self._context.loop
-
-    @property
-    def logger(self):
-        """A logger tagged with this job (created on first use: most jobs never log)."""
-        if self._logger is None:
-            self._logger = self._context.job_logger(self.job)
-        return self._logger
-
-    async def add_job(self, identifier, payload=None, **options):
-        """Add a job (same options as ``WorkerUtils.add_job``)."""
-        return await self._context.utils.add_job(identifier, payload, **options)
-
-    async def add_jobs(self, specs, **options):
-        """Add many jobs in one statement (see ``WorkerUtils.add_jobs``)."""
-        return await self._context.utils.add_jobs(specs, **options)
-
-    async def with_pg_client(self, fn):
-        """Run ``fn`` with a connection borrowed from the worker's pool."""
-        return await self._context.with_pg_client(fn)
-
-    def run_sync(self, awaitable, timeout=None):
-        """From a sync handler (in a thread), run a helper coroutine on the loop and wait."""
-        return self._context.run_sync(awaitable, timeout)
-
-
-cdef inline Helpers _new_helpers(object context, object job):
-    cdef Helpers helpers = Helpers.__new__(Helpers)
+cdef inline object _new_helpers(object context, object job):
+    """A ``common.Helpers`` without the Python-level ``__init__`` call."""
+    helpers = _new_object(Helpers)
     helpers._context = context
     helpers.job = job
+    helpers._logger = None
     return helpers
-
-
-cdef class TaskEntry:
-    """What a slot needs to run one task: its handler, how to call it, its timeout."""
-
-    cdef public object handler
-    cdef public bint is_async
-    cdef public object timeout
-
-    def __init__(self, handler, bint is_async, timeout):
-        self.handler = handler
-        self.is_async = is_async
-        self.timeout = timeout
 
 
 cdef class Results:
@@ -270,6 +205,7 @@ cdef class Dispatcher:
     """The local queue and the slot loop of one pool (see the pure twin)."""
 
     cdef public dict tasks
+    cdef dict _entries  # the tasks as plain tuples (handler, is_async, timeout)
     cdef public dict listeners
     cdef public object emit
     cdef public Results results
@@ -294,6 +230,7 @@ cdef class Dispatcher:
         from collections import deque
 
         self.tasks = tasks
+        self._entries = {name: tuple(entry) for name, entry in tasks.items()}
         self.listeners = events.listeners
         self.emit = events.emit
         self.results = results
@@ -393,12 +330,12 @@ cdef class Dispatcher:
     async def slot(self):
         """Run jobs until the pool stops; cancelled = forceful shutdown."""
         cdef dict running = self.running
-        cdef dict tasks = self.tasks
+        cdef dict tasks = self._entries
         cdef dict listeners = self.listeners
         cdef object outcomes = self.outcomes
         cdef Results results = self.results
         cdef Job job
-        cdef TaskEntry entry
+        cdef tuple entry
         cdef object found, job_id, name, helpers, call, result, replacement
         while True:
             found = self._pop_local()
@@ -408,7 +345,7 @@ cdef class Dispatcher:
                     return
             else:
                 self._streak += 1
-                if self._streak >= YIELD_EVERY:
+                if self._streak >= _YIELD_EVERY:
                     self._streak = 0
                     await _YieldOnce()
             job = <Job?>found
@@ -420,18 +357,18 @@ cdef class Dispatcher:
                 if job.payload_error is not None:
                     raise ValueError(job.payload_error)
                 name = job.task_identifier
-                entry = <TaskEntry?>tasks[name]
+                entry = <tuple>tasks[name]  # handler, is_async, timeout
                 helpers = _new_helpers(self.context, job)
                 if "job:start" in listeners:
                     self.emit("job:start", {"job": job, "worker_id": self.worker_id})
-                if entry.is_async:
-                    call = entry.handler(job.payload, helpers)
+                if entry[1]:
+                    call = entry[0](job.payload, helpers)
                 else:
-                    call = self._run_in_thread(entry.handler, job.payload, helpers)
-                if entry.timeout is None:
+                    call = self._run_in_thread(entry[0], job.payload, helpers)
+                if entry[2] is None:
                     result = await call
                 else:
-                    result = await outcomes.with_timeout(call, entry.timeout, name)
+                    result = await outcomes.with_timeout(call, entry[2], name)
                 if result is not None:
                     if _isawaitable(result):
                         result = await result

@@ -1,7 +1,7 @@
 """Pure-Python twin of ``kongtask._core.dispatch``: local queue, slots, leases.
 
 Everything here runs once per job, which is why it lives in ``_core`` with a
-compiled twin (DESIGN.md section 5): a fetched job waits in the local queue,
+compiled twin (docs/architecture.md): a fetched job waits in the local queue,
 one of ``concurrency`` slot coroutines takes it, runs its handler and routes
 the outcome to the job's :class:`Lease` (while its fetch transaction is still
 open) or to the completer (once the job was claimed with a row update).
@@ -17,16 +17,12 @@ import asyncio
 import inspect
 import types
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
+from .common import YIELD_EVERY, Helpers, TaskEntry
+
 __all__ = ["Dispatcher", "Helpers", "Lease", "Results", "TaskEntry", "ids_literal"]
-
-#: Jobs a slot runs back to back before it lets the event loop turn. Handlers
-#: that never suspend would otherwise run the whole local queue in one go,
-#: starving the fetch and the result writes that should overlap with them.
-YIELD_EVERY = 16
-
 
 _BIGINT_MIN = -(2**63)
 _BIGINT_MAX = 2**63 - 1
@@ -121,73 +117,6 @@ class Lease:
         finished.update(entry[0] for entry in self.failed)
         finished.update(self.dropped)
         return [job.id for job in self.jobs if job.id not in finished]
-
-
-class Helpers:
-    """What a handler gets besides its payload: its job, a logger, the client.
-
-    Built for each job, so it holds two references; everything else is the
-    pool's HelperContext (kongtask.helpers). ``add_job``/``add_jobs`` use the
-    worker's pool (the schema's functions, so notifications and job keys
-    behave as for any client). ``abort_signal`` is set when the pool shuts
-    down forcefully: long handlers should watch it.
-    """
-
-    __slots__ = ("_context", "_logger", "job")
-
-    def __init__(self, context: Any, job: Any) -> None:
-        self._context = context
-        self.job = job
-        self._logger: Any = None
-
-    @property
-    def abort_signal(self) -> Any:
-        """Set when the pool shuts down forcefully."""
-        return self._context.abort_signal
-
-    @property
-    def worker_id(self) -> str:
-        """The id of the pool running this job (what ``locked_by`` says once claimed)."""
-        return self._context.worker_id
-
-    @property
-    def loop(self) -> Any:
-        """The pool's event loop (for sync handlers that need to reach it)."""
-        return self._context.loop
-
-    @property
-    def logger(self) -> Any:
-        """A logger tagged with this job (created on first use: most jobs never log)."""
-        if self._logger is None:
-            self._logger = self._context.job_logger(self.job)
-        return self._logger
-
-    async def add_job(self, identifier: str, payload: Any = None, **options: Any) -> Any:
-        """Add a job (same options as ``WorkerUtils.add_job``)."""
-        return await self._context.utils.add_job(identifier, payload, **options)
-
-    async def add_jobs(self, specs: Any, **options: Any) -> Any:
-        """Add many jobs in one statement (see ``WorkerUtils.add_jobs``)."""
-        return await self._context.utils.add_jobs(specs, **options)
-
-    async def with_pg_client(self, fn: Callable[[Any], Awaitable[Any]]) -> Any:
-        """Run ``fn`` with a connection borrowed from the worker's pool."""
-        return await self._context.with_pg_client(fn)
-
-    def run_sync(self, awaitable: Awaitable[Any], timeout: float | None = None) -> Any:
-        """From a sync handler (in a thread), run a helper coroutine on the loop and wait."""
-        return self._context.run_sync(awaitable, timeout)
-
-
-class TaskEntry:
-    """What a slot needs to run one task: its handler, how to call it, its timeout."""
-
-    __slots__ = ("handler", "is_async", "timeout")
-
-    def __init__(self, handler: Callable[..., Any], is_async: bool, timeout: float | None) -> None:
-        self.handler = handler
-        self.is_async = is_async
-        self.timeout = timeout
 
 
 class Results:

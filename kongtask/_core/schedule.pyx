@@ -35,21 +35,21 @@ cdef extern from *:
     """
     int KT_CTZ(unsigned long long x) nogil
 
+from kongtask._core.common import CRON_EXPECTED, CRON_FIELD_NAMES, HORIZON_YEARS
 from kongtask.errors import CronSyntaxError
 
 import_datetime()
 
 __all__ = ["CronSchedule", "backoff_seconds", "parse_cron", "parse_field"]
 
-HORIZON_YEARS = 8  # see schedule_py: longest gap of a satisfiable expression
-cdef int _HORIZON = 8
+cdef int _HORIZON = HORIZON_YEARS
 cdef int _MAX_YEAR = 9999
 
-_FIELD_NAMES = ("minute", "hour", "day of month", "month", "day of week")
+_FIELD_NAMES = CRON_FIELD_NAMES
 cdef int[5] _FIELD_LOW = [0, 0, 1, 1, 0]
 cdef int[5] _FIELD_HIGH = [59, 23, 31, 12, 7]  # 7 = Sunday again, folded onto 0
 cdef int[5] _STEP_HIGH = [59, 23, 31, 12, 6]  # where '*' and 'N/S' stop
-_EXPECTED = "expected N, A-B, *, */S, A-B/S or N/S"
+_EXPECTED = CRON_EXPECTED
 
 cdef unsigned long long _ALL_MINUTES = (1ULL << 60) - 1
 cdef unsigned long long _ALL_HOURS = (1ULL << 24) - 1

@@ -31,24 +31,18 @@ import math
 from datetime import datetime
 from operator import index as _index
 
+from kongtask._core.common import CRON_EXPECTED, CRON_FIELD_NAMES, HORIZON_YEARS
 from kongtask.errors import CronSyntaxError
 
 __all__ = ["CronSchedule", "backoff_seconds", "parse_cron", "parse_field"]
 
-# Longest gap between two fires of an expression that can fire at all, under
-# graphile-worker's OR rule: every allowed month holds every weekday within
-# days 1-28, and every day 1-28, 30 and 31 recurs each year, so only "the 29th
-# of February alone" waits across years, at most 8 (2096-02-29 -> 2104-02-29,
-# 2100 not being a leap year). A search that passes this many years beyond its
-# start has met an expression that cannot fire (which parse already flags).
-HORIZON_YEARS = 8
 _MAX_YEAR = 9999
 
-_FIELD_NAMES = ("minute", "hour", "day of month", "month", "day of week")
+_FIELD_NAMES = CRON_FIELD_NAMES
 _FIELD_LOW = (0, 0, 1, 1, 0)
 _FIELD_HIGH = (59, 23, 31, 12, 7)  # 7 = Sunday again, folded onto 0
 _STEP_HIGH = (59, 23, 31, 12, 6)  # where '*' and 'N/S' stop
-_EXPECTED = "expected N, A-B, *, */S, A-B/S or N/S"
+_EXPECTED = CRON_EXPECTED
 
 _ALL_MINUTES = (1 << 60) - 1
 _ALL_HOURS = (1 << 24) - 1
