@@ -141,6 +141,7 @@ class Dashboard:
             ],
             exception_handlers={
                 DatabaseUnavailable: self._database_error,
+                ConnectionError: self._database_error,  # the pool could not open
                 SchemaError: self._schema_error,
                 HTTPException: self._http_error,
             },

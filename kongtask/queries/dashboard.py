@@ -25,8 +25,10 @@ the only text substituted is the schema name, quoted by
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, wraps
+from typing import Any, TypeVar
 
 from ..db import quote_ident
 from .jobs import Queries
@@ -59,6 +61,23 @@ _COUNT_COLUMNS = ",\n  ".join(
 )
 
 
+Built = TypeVar("Built", bound=Callable[..., str])
+
+
+def _built_once(method: Built) -> Built:
+    """Build a statement once per instance and arguments (its variants are few)."""
+
+    @wraps(method)
+    def once(self: DashboardQueries, *args: Any, **kwargs: Any) -> str:
+        key = (method.__name__, args, tuple(sorted(kwargs.items())))
+        sql = self._built.get(key)
+        if sql is None:
+            sql = self._built[key] = method(self, *args, **kwargs)
+        return sql
+
+    return once  # type: ignore[return-value]
+
+
 @dataclass(frozen=True, slots=True)
 class ListShape:
     """Which parts a jobs-list statement has; values travel as parameters.
@@ -88,7 +107,7 @@ class DashboardQueries:
         #: for the statistics functions, never spliced into SQL.
         self.jobs_table = f"{self.s}._private_jobs"
         self.workers_table = f"{self.s}._kongtask_workers"
-        self._list_cache: dict[ListShape, str] = {}
+        self._built: dict[tuple[Any, ...], str] = {}
 
     # -------------------------------------------------------------- catalog
     @cached_property
@@ -150,6 +169,7 @@ order by t.identifier, q.queue_name nulls first"""
         """
         return self._state_counts("tablesample system ($1::float4)")
 
+    @_built_once
     def summary(self, *, heartbeats: bool) -> str:
         """The overview's header in one statement, exact and cheap.
 
@@ -237,6 +257,7 @@ union all
             terms.append(f"j.id {'<' if shape.descending else '>'} ${n}::bigint")
         return " and ".join(terms) or "true", n
 
+    @_built_once
     def job_list(self, shape: ListShape) -> str:
         """One page of jobs matching the shape's filters, in id order from a cursor.
 
@@ -245,12 +266,6 @@ union all
         does; the primary key serves the order. Filters are fixed fragments
         chosen by which are present; their values are parameters.
         """
-        sql = self._list_cache.get(shape)
-        if sql is None:
-            sql = self._list_cache[shape] = self._build_job_list(shape)
-        return sql
-
-    def _build_job_list(self, shape: ListShape) -> str:
         where, n = self._where(shape)
         columns = "j.id" if shape.ids_only else self._list_columns()
         direction = "desc" if shape.descending else "asc"
@@ -259,6 +274,7 @@ union all
             f"order by j.id {direction}\nlimit ${n + 1}::int"
         )
 
+    @_built_once
     def filter_size(self, shape: ListShape) -> str:
         """How many jobs match a filter (no cursor), counting no further than the last
         parameter: a confirmation needs "more than 10,000", not the exact size."""
@@ -269,6 +285,7 @@ union all
         )
 
     # ----------------------------------------------------------- job detail
+    @_built_once
     def job(self, *, heartbeats: bool) -> str:
         """Every column of job $1, its state, and how long its lock holder has been
         silent (seconds since its last heartbeat; null without one, or without the
@@ -284,6 +301,7 @@ join {s}._private_tasks as t on t.id = j.task_id
 left join {s}._private_job_queues as q on q.id = j.job_queue_id
 where j.id = $1::bigint"""
 
+    @_built_once
     def job_states(self, *, heartbeats: bool) -> str:
         """State, lock holder and the holder's silence (as :meth:`job`) of each of
         the jobs $1 that still exist: why an action left them alone."""
@@ -303,6 +321,7 @@ order by j.id"""
         )
 
     # -------------------------------------------------------------- workers
+    @_built_once
     def workers(self, *, heartbeats: bool) -> str:
         """Every worker: kongtask pools from their heartbeat rows (idle ones too), and
         any other holder of a lock (graphile-worker pools, which keep no heartbeat).
