@@ -40,6 +40,13 @@ JOB_ACTIONS: dict[str, str] = {
     "remove": "Removed",
     "fail": "Marked as failed for good",
 }
+#: ... and on the button that confirms it.
+VERBS: dict[str, str] = {
+    "retry": "Retry",
+    "reschedule": "Reschedule",
+    "remove": "Remove",
+    "fail": "Fail for good",
+}
 #: Most jobs one page can select (the largest page size).
 MAX_SELECTED = 500
 #: Most jobs one action on a filter changes; the notice says when more match.
@@ -193,7 +200,7 @@ class Actions:
             {
                 "page": "jobs",
                 "action": action,
-                "action_label": JOB_ACTIONS[action],
+                "verb": VERBS[action],
                 "filter": job_filter,
                 "matching": matching,
                 "limit": FILTER_LIMIT,

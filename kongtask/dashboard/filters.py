@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from ..queries.dashboard import STATE_NAMES, ListShape
+from .states import LABELS
 
 #: Longest text a filter accepts: task and queue names are at most 128
 #: characters, keys 512; error text is a substring, and a page's worth is plenty.
@@ -56,6 +57,7 @@ class JobFilter:
     state: str | None = None
     key: str | None = None
     error: str | None = None
+    worker: str | None = None
     oldest_first: bool = False
 
     @classmethod
@@ -72,12 +74,13 @@ class JobFilter:
             state=state,
             key=_text(params, "key"),
             error=_text(params, "error"),
+            worker=_text(params, "worker"),
             oldest_first=order == "oldest",
         )
 
     @property
     def active(self) -> bool:
-        return any(v is not None for v in (self.task, self.queue, self.state, self.key, self.error))
+        return any(name != "order" for name in self.params())
 
     def shape(self, *, cursor: bool, backwards: bool = False, ids_only: bool = False) -> ListShape:
         """The statement shape; ``backwards`` walks towards the previous page."""
@@ -87,6 +90,7 @@ class JobFilter:
             state=self.state,
             key=self.key is not None,
             error=self.error is not None,
+            worker=self.worker is not None,
             descending=self.oldest_first == backwards,
             cursor=cursor,
             ids_only=ids_only,
@@ -94,7 +98,8 @@ class JobFilter:
 
     def values(self) -> list[str]:
         """The filter parameters, in the order :class:`ListShape` numbers them."""
-        return [v for v in (self.task, self.queue, self.key, self.error) if v is not None]
+        ordered = (self.task, self.queue, self.key, self.error, self.worker)
+        return [v for v in ordered if v is not None]
 
     def params(self) -> dict[str, str]:
         """This filter as query-string parameters (only those set)."""
@@ -106,6 +111,7 @@ class JobFilter:
                 ("state", self.state),
                 ("key", self.key),
                 ("error", self.error),
+                ("worker", self.worker),
             )
             if value is not None
         }
@@ -122,9 +128,17 @@ class JobFilter:
         return replace(self, state=state)
 
     def describe(self) -> str:
-        """``task send_email, state failed`` (for confirmations and notices)."""
-        parts = [f"{name} {value}" for name, value in self.params().items() if name != "order"]
-        return ", ".join(parts) if parts else "every job"
+        """``task send_email, state failed``; ``every job in the queue`` for no filter."""
+        parts = [
+            f"{name} {LABELS[value] if name == 'state' else value}"
+            for name, value in self.params().items()
+            if name != "order"
+        ]
+        return ", ".join(parts) if parts else "every job in the queue"
+
+    def scope(self) -> str:
+        """What an action on this filter acts on, in words."""
+        return f"every job matching {self.describe()}" if self.active else "every job in the queue"
 
 
 @dataclass(frozen=True, slots=True)

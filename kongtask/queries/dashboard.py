@@ -83,8 +83,8 @@ class ListShape:
     """Which parts a jobs-list statement has; values travel as parameters.
 
     Parameters, in order: the filters that are present (task identifier,
-    queue name, key, error text), then the cursor id when there is one, then
-    the row limit. ``state`` must be one of :data:`STATE_NAMES`.
+    queue name, key, error text, lock holder), then the cursor id when there
+    is one, then the row limit. ``state`` must be one of :data:`STATE_NAMES`.
     """
 
     task: bool = False
@@ -92,6 +92,7 @@ class ListShape:
     state: str | None = None
     key: bool = False
     error: bool = False
+    worker: bool = False
     descending: bool = True
     cursor: bool = False
     ids_only: bool = False
@@ -224,7 +225,7 @@ union all
     as queue_name,
   {STATE_CASE} as state,
   j.priority, j.attempts, j.max_attempts, j.run_at, j.created_at, j.updated_at, j.key,
-  j.locked_by, left(split_part(j.last_error, E'\\n', 1), 300) as error_line"""
+  j.locked_at, j.locked_by, left(split_part(j.last_error, E'\\n', 1), 300) as error_line"""
 
     def _where(self, shape: ListShape) -> tuple[str, int]:
         """The WHERE condition of a shape and the number of parameters it uses."""
@@ -250,6 +251,9 @@ union all
             # A substring test, not LIKE: the operator's text has no wildcards.
             n += 1
             terms.append(f"strpos(lower(j.last_error), lower(${n}::text)) > 0")
+        if shape.worker:
+            n += 1
+            terms.append(f"j.locked_by = ${n}::text")
         if shape.state is not None:
             terms.append(f"({JOB_STATES[shape.state]})")
         if shape.cursor:

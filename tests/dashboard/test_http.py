@@ -226,6 +226,7 @@ async def test_an_action_on_a_filter_asks_first_then_acts_on_every_match(
     }
     confirm = await _post(client, "/actions/jobs", form)
     assert confirm.status_code == 200
+    assert "Retry every job matching task a, state failed for good?" in confirm.text
     assert "4 jobs match right now" in confirm.text
     assert [(await queue.row(j.id))["attempts"] for j in jobs[:4]] == [25] * 4
     hidden = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', confirm.text))

@@ -77,6 +77,8 @@ async def test_filters_match_their_text_literally(
     }
     for job_id, message in errors.items():
         await shape_job(conn, schema, job_id, attempts=1, last_error=message, run_at="1 hour")
+    held = jobs[("mail", "q2", None)]
+    await shape_job(conn, schema, held, attempts=1, locked_at="0 s", locked_by="pool 'x'")
     q = DashboardQueries(schema)
 
     async def ids(**params: str) -> set[int]:
@@ -93,6 +95,8 @@ async def test_filters_match_their_text_literally(
     assert await ids(error="timeout") == {mail_q1, jobs[("sms", None, None)]}
     assert await ids(task="pct%_task") == {jobs[("pct%_task", None, None)]}
     assert await ids(task="no such task") == set()
+    assert await ids(worker="pool 'x'") == {held}
+    assert await ids(worker="pool", state="running") == set()
     assert await ids(state="retrying", task="sms") == {
         jobs[("sms", "q1", None)],
         jobs[("sms", None, None)],
