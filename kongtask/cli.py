@@ -24,6 +24,7 @@ import orjson
 from . import __version__, inspect_cli
 from ._core import IMPLEMENTATION
 from .client import WorkerUtils
+from .dashboard import cli as dashboard_cli
 from .db import embedded_dsn, mask_dsn, resolve_dsn, scrub
 from .errors import (
     ConfigError,
@@ -186,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file")
 
     inspect_cli.register(commands, _add_connection_args)
+    dashboard_cli.register(commands, _add_connection_args)
 
     commands.add_parser("info", help="version and which implementation is loaded")
     bench = commands.add_parser(
@@ -379,6 +381,7 @@ async def _cmd_inspect(args: argparse.Namespace) -> int:
 
 for _name in inspect_cli.COMMAND_NAMES:
     COMMANDS[_name] = _cmd_inspect
+COMMANDS["dashboard"] = lambda args: dashboard_cli.run(args, _dsn(args))
 
 
 def _run_async(coro: Awaitable[int]) -> int:
