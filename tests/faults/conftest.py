@@ -127,9 +127,16 @@ class Scenario:
         await wait_for(drained, what, timeout=timeout, fleet=self.fleet, interval=0.1)
 
     async def verdict(self) -> Verdict:
-        return analyse(
+        """What the log says, once the workers are gone; with the locks left behind."""
+        verdict = analyse(
             self.observer.read(), self.fleet.deaths(), self.job_ids, await self.remaining()
         )
+        s = quote_ident(SCHEMA)
+        verdict.locked = await self.conn.fetchval(
+            f"select (select count(*) from {s}._private_jobs where locked_at is not null)"
+            f" + (select count(*) from {s}._private_job_queues where locked_at is not null)"
+        )
+        return verdict
 
     def server_log(self) -> list[str]:
         """The cluster's log lines about this test's database."""

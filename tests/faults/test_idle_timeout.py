@@ -50,6 +50,7 @@ async def test_idle_in_transaction_timeout(
         sessions_ended_by_timeout=len(killed),
     )
     assert not verdict.anomalies, verdict.anomalies[:5]
+    assert verdict.locked == 0, "locks left behind after the workers stopped"
     assert verdict.lost == [], f"{len(verdict.lost)} jobs lost: {verdict.lost[:10]}"
     assert len(verdict.successes) == JOBS
     assert verdict.overlaps == [], describe(verdict.overlaps)

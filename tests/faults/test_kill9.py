@@ -62,11 +62,17 @@ async def test_kill9_mid_drain_five_times(scenario: Scenario, mode: str) -> None
         jobs=JOBS,
         kills=len(kills),
         repeat_attempts=sorted({again.attempts for _, again in verdict.repeats}),
+        # How long before its process died the latest repeated success had returned.
+        max_repeat_lead_ms=max(
+            ((kills.get(a.pid, 0) - (a.finish or 0)) // 1_000_000 for a, _ in verdict.repeats),
+            default=None,
+        ),
     )
     assert len(kills) == KILLS
     interrupted = {run.pid for run in verdict.runs if run.outcome == "death"}
     assert interrupted == set(kills), "every kill must hit a worker running jobs"
     assert not verdict.anomalies, verdict.anomalies[:5]
+    assert verdict.locked == 0, "locks left behind after the workers stopped"
     assert verdict.lost == [], f"{len(verdict.lost)} jobs lost: {verdict.lost[:10]}"
     assert set(verdict.successes) == set(ids)
     assert verdict.overlaps == [], describe(verdict.overlaps)

@@ -55,6 +55,7 @@ async def test_connections_terminated_under_live_workers(scenario: Scenario, mod
     report("lost-connections", mode, started, verdict, jobs=JOBS, terminated=terminated)
     assert terminated > 0
     assert not verdict.anomalies, verdict.anomalies[:5]
+    assert verdict.locked == 0, "locks left behind after the workers stopped"
     assert verdict.lost == [], f"{len(verdict.lost)} jobs lost: {verdict.lost[:10]}"
     assert len(verdict.successes) == JOBS
     assert verdict.repeats == [], describe(verdict.repeats)

@@ -97,6 +97,7 @@ async def test_node_and_kongtask_pools_share_one_queue(
         queue_overlaps=len(queue_overlaps),
     )
     assert not verdict.anomalies, verdict.anomalies[:5]
+    assert verdict.locked == 0, "locks left behind after the workers stopped"
     assert verdict.lost == [], f"{len(verdict.lost)} jobs lost: {verdict.lost[:10]}"
     assert len(verdict.runs) == len(scenario.job_ids) == len(verdict.successes), "doubles"
     assert verdict.overlaps == [], describe(verdict.overlaps)

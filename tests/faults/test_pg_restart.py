@@ -61,6 +61,7 @@ async def test_postgres_restart_and_crash_mid_drain(
     unexplained = unexplained_repeats(verdict.repeats, faults, CLAIM_WRITE_WINDOW)
     report("pg-restart", mode, started, verdict, jobs=JOBS, outages=len(faults))
     assert not verdict.anomalies, verdict.anomalies[:5]
+    assert verdict.locked == 0, "locks left behind after the workers stopped"
     assert verdict.lost == [], f"{len(verdict.lost)} jobs lost: {verdict.lost[:10]}"
     assert len(verdict.successes) == JOBS
     counted = [run for run in verdict.runs if run.attempts != 1]

@@ -142,6 +142,7 @@ async def test_poison_job(
         healthy_done=len(verdict.successes),
     )
     assert not verdict.anomalies, verdict.anomalies[:5]
+    assert verdict.locked == 0, "locks left behind after the workers stopped"
     assert verdict.lost == [], f"{len(verdict.lost)} jobs lost: {verdict.lost[:10]}"
     assert verdict.overlaps == [], describe(verdict.overlaps)
     assert row is not None, "the poison job must stay in the table"
