@@ -33,9 +33,9 @@ from typing import Any
 
 from kongtask._core import IMPLEMENTATION
 
-#: How the pools of a mode are started. Claim mode is the contract's default.
+#: How the pools of a mode are started: claim mode is the default, no option.
 MODE_ARGS: dict[str, tuple[str, ...]] = {
-    "claim": ("--lease-time", "0"),
+    "claim": (),
     "lease": ("--lease-time", "250"),
 }
 #: The lease time of lease mode, in seconds (what bounds its repeats).

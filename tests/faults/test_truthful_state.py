@@ -1,4 +1,4 @@
-"""While a job runs (claim mode), every reader kongtask ships shows it as running.
+"""While a job runs (claim mode, the default), every reader kongtask ships shows it as running.
 
 ``kongtask jobs``, ``WorkerUtils.get_jobs`` and the metrics' queue gauges must
 show the running job locked by the worker that runs it, with ``attempts >= 1``,
@@ -58,7 +58,7 @@ async def test_a_running_job_shows_as_running(scenario: Scenario) -> None:
         await release.wait()
 
     [job_id] = await scenario.add([JobSpec("hold", {})])
-    runner = await kongtask.run(scenario.dsn, {"hold": hold}, schema=SCHEMA, lease_time=0)
+    runner = await kongtask.run(scenario.dsn, {"hold": hold}, schema=SCHEMA)  # claim mode
     try:
         await asyncio.wait_for(started.wait(), 30)
         async with WorkerUtils(scenario.dsn, schema=SCHEMA) as utils:
