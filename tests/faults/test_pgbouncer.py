@@ -19,6 +19,7 @@ import pwd
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -58,8 +59,6 @@ WORKERS = 2
 @cache
 def _has_listen_dsn() -> bool:
     """Whether this kongtask has ``run --listen-dsn`` (a direct LISTEN connection)."""
-    import sys
-
     help_text = subprocess.run(
         [sys.executable, "-m", "kongtask", "run", "--help"],
         capture_output=True,

@@ -45,7 +45,7 @@ HEALTHY = 1000
 MAX_ATTEMPTS = 3
 RESTARTS = 10
 #: The claim-mode drain: two backoffs (e + e² ≈ 10 s) plus a restart per death.
-CLAIM_TIMEOUT = 90.0
+CLAIM_TIMEOUT = 60.0
 
 
 async def _add_jobs(scenario: Scenario) -> int:
