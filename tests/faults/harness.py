@@ -195,14 +195,14 @@ class Worker:
     def tail(self, lines: int = 30) -> str:
         return "\n".join(self.stderr().splitlines()[-lines:])
 
-    async def wait_ready(self, timeout: float = 60.0, count: int = 1) -> None:
-        """Until ``count`` pools of this process logged that they are ready,
-        and check they use the build of this test run (compiled or pure)."""
+    async def wait_ready(self, timeout: float = 60.0) -> None:
+        """Until the pool logged that it is ready, and check that it uses the
+        build of this test run (compiled or pure)."""
 
         async def ready() -> bool:
             if not self.alive:
                 raise AssertionError(f"{self.name} exited before it was ready:\n{self.tail()}")
-            return self.stderr().count(" ready: ") >= count
+            return " ready: " in self.stderr()
 
         await wait_for(ready, f"{self.name} to be ready", timeout=timeout)
         lines = [line for line in self.stderr().splitlines() if " ready: " in line]
