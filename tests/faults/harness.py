@@ -40,9 +40,6 @@ MODE_ARGS: dict[str, tuple[str, ...]] = {
 }
 #: The lease time of lease mode, in seconds (what bounds its repeats).
 LEASE_TIME = 0.25
-#: Heartbeats fast enough that a dead worker's jobs are freed within seconds
-#: by any live pool, for tests whose budget cannot wait the default 30 s.
-FAST_RECOVERY = ("--heartbeat-interval", "0.5", "--dead-worker-timeout", "3")
 #: ``application_name`` of every worker connection (set in the DSN), so that a
 #: test can find, and terminate, the pools' backends and no others.
 WORKER_APP = "kongtask-faults-worker"
@@ -105,6 +102,7 @@ class ObserverLog:
         self.path = path
         self.events: list[Event] = []
         self.counts: Counter[str] = Counter()
+        self.running: Counter[int] = Counter()  # runs started and not ended, per pid
         self._offset = 0
         self._partial = b""
         path.touch()
@@ -122,6 +120,7 @@ class ObserverLog:
             kind, job, attempts, pid, ns = line.decode().split()
             self.events.append(Event(kind, int(job), int(attempts), int(pid), int(ns)))
             self.counts[kind] += 1
+            self.running[int(pid)] += 1 if kind == "start" else -1
         return self.events
 
     def count(self, kind: str) -> int:
@@ -276,6 +275,19 @@ class Fleet:
         if ready:
             await worker.wait_ready()
         return worker
+
+    async def busiest(self, observer: ObserverLog, timeout: float = 30.0) -> Worker:
+        """The live worker running the most jobs now (waiting until one runs any)."""
+
+        def running(worker: Worker) -> int:
+            return observer.running[worker.pid] if worker.alive else 0
+
+        async def any_running() -> bool:
+            observer.read()
+            return any(running(worker) > 0 for worker in self.workers)
+
+        await wait_for(any_running, "a worker running jobs", timeout=timeout, fleet=self)
+        return max(self.workers, key=running)
 
     def kills(self) -> dict[int, int]:
         """When each process this fleet SIGKILLed was killed."""

@@ -2,14 +2,15 @@
 
 1,000 healthy jobs of 5 ms and one poison job (``max_attempts=3``), the worker
 restarted after every death (up to 10 restarts) by the test, or by
-``kongtask run --processes 1``'s supervisor. docs/guarantees.md:
+``kongtask run --processes 1``'s supervisor, all with default settings.
+docs/guarantees.md:
 
 * claim mode: every death counts an attempt, so the poison job is failed for
   good after exactly 3 deaths (still in the table, ``attempts = 3``), each
   rerun waits the failure backoff, every healthy job is done, none completes
-  more than twice, and nothing overlaps or is lost. Under the defaults (no
-  heartbeat tuning) this relies on same-host recovery: a pool starting on
-  the host frees the jobs of its dead processes at once.
+  more than twice, and nothing overlaps or is lost. This relies on same-host
+  recovery: a pool starting on the host frees the jobs of its dead processes
+  at once (not after ``dead_worker_timeout``, 30 s).
 * lease mode: a death counts no attempt, so the poison job retries without
   end (``attempts`` stays 0 through the test's 10 restarts); repeats of
   healthy jobs stay within one unsettled lease of each death.
@@ -27,7 +28,6 @@ from kongtask import JobSpec
 from .conftest import Scenario, work
 from .harness import (
     CLAIM_WRITE_WINDOW,
-    FAST_RECOVERY,
     LEASE_TIME,
     MODE_ARGS,
     Fault,
@@ -91,26 +91,14 @@ async def _restart_after_every_death(scenario: Scenario, poison: int, args: Sequ
 
 
 @pytest.mark.parametrize(
-    ("mode", "supervised", "tuning"),
-    [
-        ("claim", False, FAST_RECOVERY),
-        ("claim", False, ()),
-        ("claim", True, ()),
-        ("lease", False, ()),
-    ],
-    ids=[
-        "claim-restarts-fast-heartbeats",
-        "claim-restarts-defaults",
-        "claim-supervisor-defaults",
-        "lease-restarts",
-    ],
+    ("mode", "supervised"),
+    [("claim", False), ("claim", True), ("lease", False)],
+    ids=["claim-restarts", "claim-supervisor", "lease-restarts"],
 )
-async def test_poison_job(
-    scenario: Scenario, mode: str, supervised: bool, tuning: tuple[str, ...]
-) -> None:
+async def test_poison_job(scenario: Scenario, mode: str, supervised: bool) -> None:
     started = time.monotonic()
     poison = await _add_jobs(scenario)
-    args = (*MODE_ARGS[mode], *tuning)
+    args = MODE_ARGS[mode]
     if supervised:
         supervisor = await scenario.fleet.start(*args, "--processes", "1", ready=False)
 
@@ -132,7 +120,7 @@ async def test_poison_job(
     window = CLAIM_WRITE_WINDOW if mode == "claim" else LEASE_TIME + CLAIM_WRITE_WINDOW
     row = await scenario.job(poison)
     report(
-        f"poison{'-supervised' if supervised else ''}{'-fast' if tuning else ''}",
+        f"poison{'-supervised' if supervised else ''}",
         mode,
         started,
         verdict,
@@ -161,12 +149,11 @@ async def test_poison_job(
     reruns = reruns_after(poison_runs, ("crash", "death"))
     early = [(dead, again) for dead, again in reruns if rerun_too_early(dead, again)]
     assert early == [], f"reruns before the failure backoff: {describe(early)}"
-    if not tuning:
-        # Same-host recovery: the restarted pool frees the job at once, so the
-        # rerun waits the backoff plus a restart, not dead_worker_timeout (30 s).
-        late = [
-            (dead, again)
-            for dead, again in reruns
-            if again.start - (dead.finish or 0) > (backoff(dead.attempts) + 10) * 1e9
-        ]
-        assert late == [], f"reruns long after the backoff: {describe(late)}"
+    # Same-host recovery: the restarted pool frees the job at once, so the
+    # rerun waits the backoff plus a restart, not dead_worker_timeout (30 s).
+    late = [
+        (dead, again)
+        for dead, again in reruns
+        if again.start - (dead.finish or 0) > (backoff(dead.attempts) + 10) * 1e9
+    ]
+    assert late == [], f"reruns long after the backoff: {describe(late)}"
