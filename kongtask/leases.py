@@ -123,6 +123,7 @@ class LeaseKeeper:
         self._all: list[FetchConnection] = []
         self._available = asyncio.Event()
         self.open: set[Any] = set()
+        self._lost_listeners: dict[Any, Callable[[Any], None]] = {}
         self._settling: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()
         # Every lease sets its own idle timeout with SET LOCAL, so a shorter one
@@ -167,17 +168,35 @@ class LeaseKeeper:
 
     # ----------------------------------------------------------------- leases
     def begin(self, held: FetchConnection) -> Any:
-        """A lease for the batch just locked on ``held`` (jobs are attached later)."""
+        """A lease for the batch just locked on ``held`` (jobs are attached later).
+
+        When the connection goes, PostgreSQL frees the rows at once, so the
+        lease is marked lost the moment asyncpg notices: its jobs still in the
+        local queue are then dropped rather than started.
+        """
         lease = Lease([], self._finished)
-        lease.conn = (held, held.conn)
+        conn = held.conn
+        lease.conn = (held, conn)
+
+        def lost(_: Any) -> None:
+            lease.lost = True
+
+        conn.add_termination_listener(lost)
+        self._lost_listeners[lease] = lost
         self.open.add(lease)
         return lease
+
+    def _forget_listener(self, lease: Any, conn: Any) -> None:
+        listener = self._lost_listeners.pop(lease, None)
+        if listener is not None and conn is not None and usable(conn):
+            conn.remove_termination_listener(listener)
 
     def abandon(self, lease: Any) -> None:
         """The lease's fetch locked nothing (or failed before any job came)."""
         lease.open = False
         lease.jobs = []
         self.open.discard(lease)
+        self._forget_listener(lease, lease.conn[1])
 
     def arm(self, lease: Any, jobs: list[Any]) -> None:
         """Give the lease its jobs, their rows' addresses and its deadline."""
@@ -252,6 +271,7 @@ class LeaseKeeper:
             self.give_back(held)
         finally:
             self.open.discard(lease)
+            self._forget_listener(lease, conn)
             self._on_settled()
 
     def _lost(

@@ -117,6 +117,7 @@ cdef class Lease:
     cdef public list failed
     cdef public list dropped
     cdef public bint open
+    cdef public bint lost
     cdef object _on_finished
     cdef public object conn
     cdef public object timer
@@ -129,6 +130,7 @@ cdef class Lease:
         self.failed = []
         self.dropped = []
         self.open = True
+        self.lost = False
         self._on_finished = on_finished
         self.conn = None
         self.timer = None
@@ -349,6 +351,9 @@ cdef class Dispatcher:
                     self._streak = 0
                     await _YieldOnce()
             job = <Job?>found
+            if job.lease is not None and (<Lease>job.lease).lost:
+                (<Lease>job.lease).drop(job.id)  # its rows are free: never start it
+                continue
             self.started += 1
             job_id = job.id
             running[job_id] = job

@@ -73,6 +73,7 @@ class Lease:
         "dropped",
         "failed",
         "jobs",
+        "lost",
         "open",
         "timer",
         "unfinished",
@@ -87,6 +88,9 @@ class Lease:
         self.failed: list[tuple[int, str, str | None]] = []
         self.dropped: list[int] = []
         self.open = True
+        #: Its connection is gone: its rows are free, so its unstarted jobs are
+        #: dropped instead of started (another pool may be running them now).
+        self.lost = False
         self._on_finished = on_finished
         self.conn: Any = None
         self.timer: Any = None
@@ -266,6 +270,10 @@ class Dispatcher:
             job = await self._next_job()
             if job is None:
                 return
+            lease = job.lease
+            if lease is not None and lease.lost:
+                lease.drop(job.id)
+                continue
             self.started += 1
             job_id = job.id
             running[job_id] = job

@@ -424,6 +424,9 @@ order by j.priority, j.run_at, j.id"""
         attempt here (the classic claim counted it at fetch) and backs off per
         the contract; unfinished jobs are claimed the classic way, after which
         their outcomes go through the ordinary completion statements.
+        Times are ``clock_timestamp()``: the transaction's ``now()`` is when the
+        lease began, up to ``lease_time`` ago, and a backoff counted from it
+        would come due early.
         """
         s = self.s
         return f"""
@@ -440,16 +443,16 @@ failed as (
   set
     attempts = jobs.attempts + 1,
     last_error = f.message,
-    run_at = greatest(now(), jobs.run_at)
+    run_at = greatest(clock_timestamp(), jobs.run_at)
              + exp(least(jobs.attempts + 1, 10)) * interval '1 second',
-    updated_at = now(),
+    updated_at = clock_timestamp(),
     payload = coalesce(f.payload::json, jobs.payload)
   from f
   where jobs.id = f.id
 ),
 claimed as (
   update {s}._private_jobs as jobs
-  set attempts = jobs.attempts + 1, locked_by = $6::text, locked_at = now()
+  set attempts = jobs.attempts + 1, locked_by = $6::text, locked_at = clock_timestamp()
   where jobs.id = any($5::text::bigint[])
 )
 select 1"""

@@ -446,3 +446,29 @@ async def test_held_ids_are_the_running_and_the_queued_jobs(twin: Twin) -> None:
     await _until(lambda: len(pool.completer.done) == 3)
     assert pool.dispatcher.held_ids() == []
     await pool.stop()
+
+
+async def test_queued_jobs_of_a_lost_lease_are_dropped_not_started(twin: Twin) -> None:
+    """A lease whose connection is gone no longer holds its rows; another pool
+    may be running its jobs already, so the ones still queued here never start."""
+    release = asyncio.Event()
+    seen: list[int] = []
+
+    async def handler(payload: Any, helpers: Any) -> None:
+        seen.append(payload["i"])
+        await release.wait()
+
+    settled: list[Any] = []
+    lease = twin.dispatch.Lease([], settled.append)
+    jobs = _jobs(twin, "t", range(1, 5), lease)
+    lease.jobs = jobs
+    lease.unfinished = len(jobs)
+    pool = Pool(twin, {"t": handler}, concurrency=1)
+    pool.dispatcher.deliver(jobs)
+    await _until(lambda: seen == [1])
+    lease.lost = True
+    release.set()
+    await _until(lambda: bool(settled))
+    assert seen == [1]
+    assert lease.done == [1] and lease.dropped == [2, 3, 4]
+    await pool.stop()

@@ -7,9 +7,9 @@ terminates (``pg_terminate_backend``) about half of the pools' backends every
 
 * claim mode: nothing is lost, no job has two runs alive at once, no success
   runs again, and no attempt is counted (every run sees ``attempts = 1``).
-* lease mode: nothing lost, no repeat of a success, no attempt counted; the
-  contract allows overlaps (a lost lease frees rows that still run), so they
-  are counted and reported, not refused.
+* lease mode: nothing lost, no attempt counted; the contract allows repeats
+  and overlaps (a lost lease frees its rows at once, those that succeeded and
+  those still running), so they are counted and reported, not refused.
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ async def test_connections_terminated_under_live_workers(scenario: Scenario, mod
     assert verdict.locked == 0, "locks left behind after the workers stopped"
     assert verdict.lost == [], f"{len(verdict.lost)} jobs lost: {verdict.lost[:10]}"
     assert len(verdict.successes) == JOBS
-    assert verdict.repeats == [], describe(verdict.repeats)
     counted = [run for run in verdict.runs if run.attempts != 1]
     assert counted == [], f"attempts counted for a lost connection: {counted[:5]}"
     if mode == "claim":
+        assert verdict.repeats == [], describe(verdict.repeats)
         assert verdict.overlaps == [], describe(verdict.overlaps)
