@@ -8,6 +8,7 @@ last, for the CLI and the tests only, an embedded PostgreSQL from the
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 from pathlib import Path
@@ -26,6 +27,8 @@ DB_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InternalClientError,
     ConnectionError,
 )
+#: The same, and a statement that ran out of its time (``timeout=``).
+DB_OR_TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (*DB_ERRORS, asyncio.TimeoutError)
 
 # libpq variables that, when set, mean "the environment describes a server".
 _LIBPQ_VARS = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE")

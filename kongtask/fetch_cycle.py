@@ -41,6 +41,7 @@ RESCAN_AFTER = 0.5
 _RESUME_KEY = operator.itemgetter(
     *(decode.LEASED_COLUMNS.index(name) for name in ("priority", "run_at", "id"))
 )
+Job = decode.Job
 _PG_EPOCH = 946_684_800  # 2000-01-01 UTC, PostgreSQL's epoch, in Unix seconds
 
 
@@ -116,7 +117,7 @@ class FetchCycle:
         queries: Queries,
         worker_id: str,
         keeper: LeaseKeeper,
-        deliver: Callable[[list[Any]], None],
+        deliver: Callable[[list[Job]], None],
         held_ids: Callable[[], Iterable[int]],
         tasks: dict[int, str],
         leased_tasks: set[int],
@@ -174,7 +175,7 @@ class FetchCycle:
                     await self._give_back_orphans(held)
                 conn = await held.get()
                 flags = await self._flags()
-                delivered: list[Any] = []
+                delivered: list[Job] = []
                 queues_full = False
                 if claim_queues:
                     jobs = await self._claim_keyed_or_queued(conn, wanted, flags)
@@ -209,7 +210,7 @@ class FetchCycle:
 
     async def _claim_keyed_or_queued(
         self, conn: Any, wanted: int, flags: list[str] | None
-    ) -> list[Any]:
+    ) -> list[Job]:
         args: list[Any] = [self._worker_id, self._all_ids, wanted, self._all_names]
         if flags:
             args.append(flags)
@@ -222,7 +223,7 @@ class FetchCycle:
 
     async def _claim_plain(
         self, conn: Any, plain: PlainFetch, wanted: int, flags: list[str] | None
-    ) -> list[Any]:
+    ) -> list[Job]:
         args: list[Any] = [plain.task_ids, wanted, self._worker_id]
         if flags:
             args.append(flags)
@@ -236,7 +237,7 @@ class FetchCycle:
 
     async def _lease(
         self, held: FetchConnection, plain: PlainFetch, wanted: int, flags: list[str] | None
-    ) -> tuple[list[Any], bool]:
+    ) -> tuple[list[Job], bool]:
         """Lock a batch in a transaction left open; returns the jobs and whether
         the connection now belongs to their lease."""
         keeper = self._keeper

@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 
 from . import liveness
-from .db import DB_ERRORS
+from .db import DB_ERRORS, DB_OR_TIMEOUT_ERRORS
 from .queries import Queries
 
 STALE_LOCK_SWEEP_INTERVAL = 600.0
@@ -161,7 +161,7 @@ class Heartbeat:
                             self.fenced = False
                             self._on_unfenced(bool(was_missing))
                         await self._recover(conn)
-                except (*DB_ERRORS, asyncio.TimeoutError) as exc:
+                except DB_OR_TIMEOUT_ERRORS as exc:
                     if not failing:
                         failing = True
                         self.log.warning("heartbeat failed (%s); retrying", exc)

@@ -24,16 +24,18 @@ import logging
 import operator
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 
-from ._core import dispatch
+from ._core import decode, dispatch
+from .completion import Completer
 from .db import DB_ERRORS
 from .held import HeldConnection, Hook, tids_literal, usable
 from .queries import Queries
 
 Lease = dispatch.Lease
+Job = decode.Job
 
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
 
@@ -69,7 +71,7 @@ async def _reset_codec(conn: Any) -> None:
     await conn.reset_type_codec("timestamptz", schema="pg_catalog")
 
 
-def _done_rows(lease: Any) -> list[str]:
+def _done_rows(lease: Lease) -> list[str]:
     """Addresses of the lease's rows whose jobs succeeded."""
     if not lease.unfinished and not lease.failed and not lease.dropped:
         return lease.ctids  # every job succeeded: the usual case, no lookups
@@ -105,7 +107,7 @@ class LeaseKeeper:
         *,
         lease_time: float,
         max_connections: int,
-        completer: Any,
+        completer: Completer,
         on_settled: Callable[[], None],
         log: logging.Logger,
         session_settings: bool,
@@ -122,8 +124,8 @@ class LeaseKeeper:
         self._free: list[FetchConnection] = []
         self._all: list[FetchConnection] = []
         self._available = asyncio.Event()
-        self.open: set[Any] = set()
-        self._lost_listeners: dict[Any, Callable[[Any], None]] = {}
+        self.open: set[Lease] = set()
+        self._lost_listeners: dict[Lease, Callable[[Any], None]] = {}
         self._settling: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()
         # Every lease sets its own idle timeout with SET LOCAL, so a shorter one
@@ -167,7 +169,7 @@ class LeaseKeeper:
         self._available.set()
 
     # ----------------------------------------------------------------- leases
-    def begin(self, held: FetchConnection) -> Any:
+    def begin(self, held: FetchConnection) -> Lease:
         """A lease for the batch just locked on ``held`` (jobs are attached later).
 
         When the connection goes, PostgreSQL frees the rows at once, so the
@@ -186,34 +188,34 @@ class LeaseKeeper:
         self.open.add(lease)
         return lease
 
-    def _forget_listener(self, lease: Any, conn: Any) -> None:
+    def _forget_listener(self, lease: Lease, conn: Any) -> None:
         listener = self._lost_listeners.pop(lease, None)
         if listener is not None and conn is not None and usable(conn):
             conn.remove_termination_listener(listener)
 
-    def abandon(self, lease: Any) -> None:
+    def abandon(self, lease: Lease) -> None:
         """The lease's fetch locked nothing (or failed before any job came)."""
         lease.open = False
         lease.jobs = []
         self.open.discard(lease)
         self._forget_listener(lease, lease.conn[1])
 
-    def arm(self, lease: Any, jobs: list[Any]) -> None:
+    def arm(self, lease: Lease, jobs: list[Job]) -> None:
         """Give the lease its jobs, their rows' addresses and its deadline."""
         lease.jobs = jobs
-        lease.ctids = [job.ctid for job in jobs]
+        lease.ctids = cast(list[str], [job.ctid for job in jobs])  # every leased row has one
         lease.unfinished = len(jobs)
         lease.timer = self._loop.call_later(self.lease_time, self._deadline, lease)
 
-    def _finished(self, lease: Any) -> None:
+    def _finished(self, lease: Lease) -> None:
         self._start_settle(lease)
 
-    def _deadline(self, lease: Any) -> None:
+    def _deadline(self, lease: Lease) -> None:
         lease.timer = None
         if lease.open:
             self._start_settle(lease)
 
-    def _start_settle(self, lease: Any) -> None:
+    def _start_settle(self, lease: Lease) -> None:
         lease.open = False  # outcomes from now on go to the completer
         if lease.timer is not None:
             lease.timer.cancel()
@@ -229,14 +231,14 @@ class LeaseKeeper:
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
-    async def _settle(self, lease: Any, unfinished: list[int], done_rows: list[str]) -> None:
+    async def _settle(self, lease: Lease, unfinished: list[int], done_rows: list[str]) -> None:
         held, conn = lease.conn
         async with held.lock:
             await self._settle_on(lease, held, conn, unfinished, done_rows)
 
     async def _settle_on(
         self,
-        lease: Any,
+        lease: Lease,
         held: FetchConnection,
         conn: Any,
         unfinished: list[int],
@@ -276,7 +278,7 @@ class LeaseKeeper:
 
     def _lost(
         self,
-        lease: Any,
+        lease: Lease,
         exc: BaseException,
         done: list[int],
         failed: list[tuple[int, str, str | None]],

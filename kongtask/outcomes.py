@@ -17,10 +17,12 @@ from typing import Any
 
 import orjson
 
+from ._core import decode, dispatch
 from .errors import JobTimeout
 from .events import EventEmitter
 
 _TRACEBACK_FRAMES = 5
+Job = decode.Job
 SHUTDOWN_MESSAGE = "Worker was forcefully shut down while running this job"
 FENCE_MESSAGE = (
     "Worker lost its database for so long that other workers could free this job; "
@@ -60,7 +62,9 @@ class Outcomes:
     shutdown by default; the heartbeat's fence sets its own.
     """
 
-    def __init__(self, events: EventEmitter, log: logging.Logger, results: Any) -> None:
+    def __init__(
+        self, events: EventEmitter, log: logging.Logger, results: dispatch.Results
+    ) -> None:
         self.events = events
         self.log = log
         self._results = results
@@ -68,18 +72,18 @@ class Outcomes:
 
     with_timeout = staticmethod(with_timeout)
 
-    def failed(self, job: Any, exc: BaseException | None, cancelled: bool) -> None:
+    def failed(self, job: Job, exc: BaseException | None, cancelled: bool) -> None:
         """A handler raised (or was cancelled by a forceful shutdown or the fence)."""
         message = self.cancel_message if cancelled else format_error(exc)  # type: ignore[arg-type]
         self._record(job, message, exc, None)
 
-    def replaced(self, job: Any, replacement: tuple[list[Any], str]) -> None:
+    def replaced(self, job: Job, replacement: tuple[list[Any], str]) -> None:
         """A batch job failed for some entries: only those stay in its payload."""
         failed_payload, message = replacement
         self._record(job, message, None, orjson.dumps(failed_payload).decode())
 
     def _record(
-        self, job: Any, message: str, exc: BaseException | None, payload_text: str | None
+        self, job: Job, message: str, exc: BaseException | None, payload_text: str | None
     ) -> None:
         self._results.fail(job, message, payload_text)
         final = job.attempts >= job.max_attempts
@@ -100,7 +104,7 @@ class Outcomes:
         if events.has("job:complete"):
             events.emit("job:complete", {"job": job, "error": exc or message})
 
-    async def batch_outcome(self, job: Any, result: list[Any]) -> tuple[list[Any], str] | None:
+    async def batch_outcome(self, job: Job, result: list[Any]) -> tuple[list[Any], str] | None:
         """For a list payload answered by a same-length list: keep the failed entries."""
         payload = job.payload
         if len(result) != len(payload):

@@ -23,13 +23,13 @@ from typing import Any, Literal
 import asyncpg
 
 from . import migrate as _migrate
-from ._core import dispatch
+from ._core import decode, dispatch
 from .client import WorkerUtils
 from .completion import Completer
 from .config import resolve_schema
 from .cron import CronScheduler
 from .crontab import as_cron_items
-from .db import DB_ERRORS, create_pool, mask_dsn, resolve_dsn
+from .db import DB_ERRORS, DB_OR_TIMEOUT_ERRORS, create_pool, mask_dsn, resolve_dsn
 from .errors import ConfigError, SchemaTooNew
 from .events import EventEmitter
 from .fetch_cycle import FetchCycle
@@ -103,7 +103,7 @@ class Runner:
 
     # ------------------------------------------------------------- inspection
     @property
-    def running_jobs(self) -> dict[int, Any]:
+    def running_jobs(self) -> dict[int, decode.Job]:
         """Jobs whose handlers run now, by id (a live view: do not modify)."""
         return self._dispatcher.running if self._dispatcher is not None else {}
 
@@ -487,7 +487,7 @@ class Runner:
                 await self._pool.execute(self.queries.force_unlock_workers, [self.worker_id])
                 if self._heartbeat is not None:
                     await self._pool.execute(self.queries.forget_worker, self.worker_id)
-        except (*DB_ERRORS, asyncio.TimeoutError) as exc:
+        except DB_OR_TIMEOUT_ERRORS as exc:
             self.log.error(
                 "could not write final results or unlock (%s); locks of %s "
                 "will be freed by the stale-lock sweep",
@@ -508,12 +508,13 @@ class Runner:
             pool, self._pool = self._pool, None
             try:
                 await asyncio.wait_for(pool.close(), timeout=5)
-            except (*DB_ERRORS, asyncio.TimeoutError):
+            except DB_OR_TIMEOUT_ERRORS:
                 pool.terminate()
 
     async def _return_local_queue(self) -> None:
         """Unstarted jobs: leased ones are simply released by their lease's commit,
         claimed ones get their claim (and attempt) undone."""
+        assert self._dispatcher is not None
         jobs = self._dispatcher.take_unstarted()
         if not jobs:
             return

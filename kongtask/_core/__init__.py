@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from importlib import import_module
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 _MODULES = ("decode", "dispatch", "payload", "schedule")
 
@@ -30,10 +31,18 @@ def _load() -> tuple[str, dict[str, ModuleType]]:
 
 IMPLEMENTATION, _loaded = _load()
 
-decode: ModuleType = _loaded["decode"]
-dispatch: ModuleType = _loaded["dispatch"]
-payload: ModuleType = _loaded["payload"]
-schedule: ModuleType = _loaded["schedule"]
+if TYPE_CHECKING:
+    # Callers see the pure twin's types; the compiled twin has the same names
+    # and signatures (tests/core checks both against the same cases).
+    from . import decode_py as decode
+    from . import dispatch_py as dispatch
+    from . import payload_py as payload
+    from . import schedule_py as schedule
+else:
+    decode = _loaded["decode"]
+    dispatch = _loaded["dispatch"]
+    payload = _loaded["payload"]
+    schedule = _loaded["schedule"]
 
 
 def twins() -> dict[str, dict[str, ModuleType]]:

@@ -111,18 +111,21 @@ def _timestamp_property(slot: str) -> property:
     return property(get, set_)
 
 
-def _has_long_digit_run(text: str | bytes) -> bool:
+def _has_long_digit_run(text: Any) -> bool:
     """True when ``text`` may hold an integer orjson would turn into a float."""
     data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else bytes(text)
     return _LONG_RUN in data.translate(_DIGIT_MAP)
 
 
-def _nested_deeper_than(text: str | bytes, limit: int) -> bool:
+def _nested_deeper_than(text: Any, limit: int) -> bool:
     """Whether ``text`` nests arrays/objects more than ``limit`` deep (strings skipped).
 
     Counting brackets first keeps the common case to two C-level scans; the
     token loop runs only for texts with more than ``limit`` opening brackets.
     """
+    tokens: re.Pattern[Any]
+    opening: tuple[Any, Any]
+    closing: tuple[Any, Any]
     if isinstance(text, str):
         if text.count("[") + text.count("{") <= limit:
             return False
@@ -143,7 +146,7 @@ def _nested_deeper_than(text: str | bytes, limit: int) -> bool:
     return False
 
 
-def _stdlib_loads(text: str | bytes) -> tuple[Any, str | None]:
+def _stdlib_loads(text: Any) -> tuple[Any, str | None]:
     """The fallback parser, made deterministic about depth.
 
     ``json.loads`` recurses once per nesting level, so whether it fails on a
@@ -369,7 +372,8 @@ def decode_jobs(rows: Any) -> list[Job]:
         if len(rest) != _NCOLUMNS - 5:
             raise _bad_row(index, row)
         payload, flags, error = _parse(payload, flags)
-        append(Job(id_, queue_name, task_identifier, payload, *rest, flags, error))
+        # The row's middle columns, in JOB_COLUMNS order, are Job's own arguments.
+        append(Job(id_, queue_name, task_identifier, payload, *rest, flags, error))  # type: ignore[call-arg]
     return out
 
 
@@ -481,6 +485,7 @@ def decode_stored(rows: Any, task_names: dict[int, str], queue_names: dict[int, 
             created_at = run_at
         if updated_at is None:
             updated_at = created_at
+        key, locked_at, locked_by, revision = rest
         append(
             Job(
                 id_,
@@ -494,7 +499,10 @@ def decode_stored(rows: Any, task_names: dict[int, str], queue_names: dict[int, 
                 last_error,
                 created_at,
                 updated_at,
-                *rest,
+                key,
+                locked_at,
+                locked_by,
+                revision,
                 flags,
                 error,
             )

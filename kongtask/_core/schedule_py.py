@@ -191,8 +191,12 @@ def parse_cron(expression: str) -> CronSchedule:
             f"got {len(fields)} in {expression!r}",
             column=fields[5][0] + 1 if len(fields) > 5 else None,
         )
-    masks = [_parse_field(text, kind, offset) for kind, (offset, text) in enumerate(fields)]
-    return CronSchedule(*masks, source=" ".join(text for _, text in fields))
+    minutes, hours, days, months, weekdays = (
+        _parse_field(text, kind, offset) for kind, (offset, text) in enumerate(fields)
+    )
+    return CronSchedule(
+        minutes, hours, days, months, weekdays, source=" ".join(text for _, text in fields)
+    )
 
 
 class CronSchedule:
