@@ -17,6 +17,7 @@ import asyncpg
 
 from . import liveness
 from .db import DB_ERRORS, DB_OR_TIMEOUT_ERRORS
+from .held import HeldConnection
 from .queries import Queries
 
 STALE_LOCK_SWEEP_INTERVAL = 600.0
@@ -81,7 +82,10 @@ class Heartbeat:
         on_unfenced: Callable[[bool], None],
         log: logging.Logger,
     ) -> None:
-        self._pool = pool
+        # A connection of its own for the pool's life: a heartbeat that waited
+        # for a free connection behind busy handlers would let others declare
+        # this pool dead, and the fence stop its jobs, while nothing is wrong.
+        self._conn = HeldConnection(pool)
         self._q = queries
         self._worker_id = worker_id
         self._running = running
@@ -152,16 +156,17 @@ class Heartbeat:
                 await asyncio.sleep(self.interval)
                 sent = loop.time()
                 try:
-                    async with self._pool.acquire(timeout=self.interval) as conn:
-                        was_missing = await conn.fetchval(
-                            self._q.heartbeat, *self._args(self._running()), timeout=self.interval
-                        )
-                        self._renewed(sent)
-                        if self.fenced:
-                            self.fenced = False
-                            self._on_unfenced(bool(was_missing))
-                        await self._recover(conn)
+                    conn = await asyncio.wait_for(self._conn.get(), self.interval)
+                    was_missing = await conn.fetchval(
+                        self._q.heartbeat, *self._args(self._running()), timeout=self.interval
+                    )
+                    self._renewed(sent)
+                    if self.fenced:
+                        self.fenced = False
+                        self._on_unfenced(bool(was_missing))
+                    await self._recover(conn)
                 except DB_OR_TIMEOUT_ERRORS as exc:
+                    await self._conn.discard()
                     if not failing:
                         failing = True
                         self.log.warning("heartbeat failed (%s); retrying", exc)
@@ -173,3 +178,4 @@ class Heartbeat:
             if self._fence_timer is not None:
                 self._fence_timer.cancel()
                 self._fence_timer = None
+            await self._conn.release()

@@ -21,8 +21,8 @@ ForbiddenFlags = (
 #: hoarded by one pool (see fetcher.BatchSizer).
 DEFAULT_LOCAL_QUEUE_SIZE = 1000
 #: Fewest connections a pool can work with: two fetch connections, the result
-#: writer, and one for heartbeats and helpers.
-MIN_POOL_SIZE = 4
+#: writer, the heartbeat, and one for everything else (helpers, cron, the sweep).
+MIN_POOL_SIZE = 5
 
 
 def check_pool_size(what: str, size: int) -> None:
@@ -30,7 +30,7 @@ def check_pool_size(what: str, size: int) -> None:
     if size < MIN_POOL_SIZE:
         raise ConfigError(
             f"{what}: must be >= {MIN_POOL_SIZE} (two fetch connections, the result "
-            f"writer and one spare), got {size}"
+            f"writer, the heartbeat and one spare), got {size}"
         )
 
 

@@ -323,11 +323,11 @@ async def test_pools_too_small_for_the_fetch_connections_are_refused(
     async def noop(payload: Any, helpers: kongtask.Helpers) -> None:
         return None
 
-    with pytest.raises(kongtask.ConfigError, match="max_pool_size: must be >= 4"):
-        await kongtask.run(database_url, {"t": noop}, schema=utils.schema, max_pool_size=3)
+    with pytest.raises(kongtask.ConfigError, match="max_pool_size: must be >= 5"):
+        await kongtask.run(database_url, {"t": noop}, schema=utils.schema, max_pool_size=4)
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
     try:
-        with pytest.raises(kongtask.ConfigError, match="the given pool's max_size: must be >= 4"):
+        with pytest.raises(kongtask.ConfigError, match="the given pool's max_size: must be >= 5"):
             await kongtask.run(pool, {"t": noop}, schema=utils.schema)
     finally:
         await pool.close()
