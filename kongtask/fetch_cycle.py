@@ -11,8 +11,9 @@ A cycle runs on a fetch connection of its own (lent by the
 3. take the rest of the batch from the plain jobs: claimed the classic way
    (claim mode, the default) for most tasks, locked in a lease for the tasks
    that opted in (see docs/guarantees.md);
-4. when the batch came back short, read when the next future job is due, so
-   a scheduled job starts on time rather than a poll interval late.
+4. when the batch came back short, and something may have moved the
+   earliest future job (or nothing came at all), read when the next future
+   job is due, so a scheduled job starts on time rather than a poll interval late.
 
 Deciding *when* to run a cycle, and how many jobs to ask for, is the
 :class:`~kongtask.fetcher.Fetcher`'s job; this module only knows the statements.
@@ -191,9 +192,10 @@ class FetchCycle:
                         jobs = await self._claim_plain(conn, plain, rest, flags)
                     delivered += jobs
                 next_due = None
-                if look_ahead and len(delivered) < wanted:
-                    # After the jobs are handed out: this round trip would add
-                    # its latency to theirs.
+                if len(delivered) < wanted and (look_ahead or not delivered):
+                    # Only when something may have moved the earliest future
+                    # run_at, or the pool goes idle; after the jobs are handed
+                    # out, as this round trip would add its latency to theirs.
                     next_due = await conn.fetchval(self._q.next_run_at, self._all_ids)
         except BaseException:
             if not lease_owns_connection:

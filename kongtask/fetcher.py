@@ -359,7 +359,7 @@ class Fetcher:
             return False  # the local queue is full: a slot that finds it low asks again
         wanted = min(room, batch)
         claim_queues, self._claim_queues = self._claim_queues, False
-        look_ahead = self._look_ahead or not self._more
+        look_ahead = self._look_ahead
         if reclaim:
             self._retry_due = False
             claim_queues = True
