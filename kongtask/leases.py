@@ -309,8 +309,11 @@ class LeaseKeeper:
         for lease in list(self.open):
             if lease.open:
                 self._start_settle(lease)
-        while self._settling:
-            await asyncio.gather(*list(self._settling), return_exceptions=True)
+        # Settles that have ended leave ``_settling`` only in a later loop turn,
+        # and since Python 3.12 gathering finished tasks does not yield one:
+        # wait for the unfinished ones only, or this would spin for ever.
+        while unfinished := [task for task in self._settling if not task.done()]:
+            await asyncio.gather(*unfinished, return_exceptions=True)
 
     def pending(self) -> bool:
         """Whether any lease is open or settling (a settle that has just ended

@@ -36,7 +36,7 @@ def _load(name: str) -> Twin:
     if name not in _TWINS:
         message = (
             f"the {name} twin of kongtask._core is not importable; "
-            "build it with `python setup.py build_ext --inplace`"
+            "build it with `pip install -e .` (or `python setup.py build_ext --inplace`)"
         )
         if NO_EXTENSIONS:
             pytest.skip(message + " (KONGTASK_NO_EXTENSIONS is set)")
