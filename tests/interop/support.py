@@ -112,6 +112,13 @@ def iso(moment: datetime) -> str:
     return moment.isoformat()
 
 
+def from_js(text: str) -> datetime:
+    """A ``Date.toISOString()`` string (as gw.js prints it) as an aware datetime.
+
+    Python 3.10's ``fromisoformat`` does not read the trailing ``Z``."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 def ms(moment: datetime) -> datetime:
     """A time JavaScript can hold exactly (Dates keep milliseconds, PostgreSQL microseconds)."""
     return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
