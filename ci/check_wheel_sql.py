@@ -16,6 +16,8 @@ import asyncio
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
@@ -41,7 +43,10 @@ def check_files() -> None:
             sys.exit(f"{ours} is not the same as {theirs}")
 
 
-async def check_migrate(dsn: str, schema: str) -> None:
+@asynccontextmanager
+async def migrated_schema(dsn: str, schema: str) -> AsyncIterator[asyncpg.Connection]:
+    """Runs the installed ``kongtask migrate`` into ``schema``, checks what it recorded,
+    yields a connection, and drops the schema again whatever happens."""
     # The installed console script, so the wheel's entry point is exercised too.
     command = [str(Path(sys.executable).parent / "kongtask"), "migrate", "-c", dsn, "-s", schema]
     conn = await asyncpg.connect(dsn)
@@ -53,9 +58,15 @@ async def check_migrate(dsn: str, schema: str) -> None:
         if (migrations, track) != (LATEST_MIGRATION, len(KONGTASK_MIGRATIONS)):
             sys.exit(f"migrate from the wheel recorded {migrations} + {track} migrations")
         print(f"migrated {schema} from the wheel: {migrations} + {track} migrations")
+        yield conn
     finally:
         await conn.execute(f"drop schema if exists {quote_ident(schema)} cascade")
         await conn.close()
+
+
+async def check_migrate(dsn: str, schema: str) -> None:
+    async with migrated_schema(dsn, schema):
+        pass
 
 
 def main() -> None:

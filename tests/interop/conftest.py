@@ -1,14 +1,15 @@
 """Fixtures for the graphile-worker interop tests.
 
 Every test here needs Node and ``tests/interop/node_modules`` (graphile-worker
-0.17.3 from ``npm ci``). Locally a missing toolchain skips them with the
-reason; under ``CI=true`` it fails them, so CI can never pass by skipping.
+0.17.3 from ``npm ci``). The session runs ``npm ci`` itself the first time a
+test needs it (``support.node_problem``), so ``python -m pytest tests`` on a
+fresh clone runs them. Locally a missing toolchain skips them with the reason;
+under ``CI=true`` it fails them, so CI can never pass by skipping.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from functools import cache
 
 import pytest
 
@@ -16,14 +17,9 @@ from ..conftest import drop_schema, new_schema_name
 from .support import GraphileWorker, in_ci, node_problem
 
 
-@cache
-def _problem() -> str | None:
-    return node_problem()
-
-
 @pytest.fixture(autouse=True)
 def _require_graphile_worker() -> None:
-    problem = _problem()
+    problem = node_problem()
     if problem is None:
         return
     if in_ci():

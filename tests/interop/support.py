@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import functools
+import hashlib
 import json
 import os
 import shutil
 import signal
+import subprocess
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime, timezone
@@ -32,6 +37,8 @@ GW_JS = HERE / "gw.js"
 GW_VERSION = "0.17.3"
 RECORD_TABLE = "interop_runs"
 NODE_TIMEOUT = 30.0
+#: Seconds ``npm ci`` may take; it needs the npm registry, which may be slow.
+NPM_CI_TIMEOUT = 600
 
 
 def in_ci() -> bool:
@@ -39,16 +46,60 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
+@functools.cache
 def node_problem() -> str | None:
-    """Why graphile-worker cannot be driven here, or None when it can."""
+    """Why graphile-worker cannot be driven here, or None when it can.
+
+    When only ``tests/interop/node_modules`` is missing (or holds another version)
+    it is installed first from the lockfile (``npm ci``), so ``python -m pytest
+    tests`` on a fresh clone runs every test that needs it; asked once per session.
+    """
     if shutil.which("node") is None:
         return "node is not on PATH (the interop tests need Node 20)"
+    if _installed_problem() is None:
+        return None
+    return _npm_ci() or _installed_problem()
+
+
+def _installed_problem() -> str | None:
     package = HERE / "node_modules" / "graphile-worker" / "package.json"
     if not package.is_file():
         return "tests/interop/node_modules is missing: run `cd tests/interop && npm ci`"
     version = json.loads(package.read_text("utf-8")).get("version")
     if version != GW_VERSION:
         return f"tests/interop has graphile-worker {version}, expected {GW_VERSION}: run `npm ci`"
+    return None
+
+
+def _install_lock() -> Path:
+    """A lock file per checkout, so two sessions never run ``npm ci`` into one folder."""
+    tag = hashlib.sha256(str(HERE).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"kongtask-interop-npm-{tag}.lock"
+
+
+def _npm_ci() -> str | None:
+    """Installs graphile-worker from the lockfile; None on success, else why not."""
+    npm = shutil.which("npm")
+    if npm is None:
+        return "npm is not on PATH to install tests/interop/node_modules"
+    with _install_lock().open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if _installed_problem() is None:  # another session installed it while we waited
+            return None
+        try:
+            done = subprocess.run(
+                [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+                cwd=HERE,
+                capture_output=True,
+                text=True,
+                timeout=NPM_CI_TIMEOUT,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return f"`npm ci` in {HERE} took over {NPM_CI_TIMEOUT}s"
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        return f"`npm ci` in {HERE} failed (exit {done.returncode}): {tail[0]}"
     return None
 
 
@@ -59,6 +110,13 @@ def op(fn: str, *args: Any) -> dict[str, Any]:
 
 def iso(moment: datetime) -> str:
     return moment.isoformat()
+
+
+def from_js(text: str) -> datetime:
+    """A ``Date.toISOString()`` string (as gw.js prints it) as an aware datetime.
+
+    Python 3.10's ``fromisoformat`` does not read the trailing ``Z``."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def ms(moment: datetime) -> datetime:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -17,6 +17,7 @@ from .support import (
     GraphileWorker,
     count_recorded,
     create_record_table,
+    from_js,
     iso,
     now_ms,
     op,
@@ -61,7 +62,7 @@ async def test_python_reschedules_then_node_completes_and_fails(
     # Node read back what Python's reschedule wrote.
     [c] = completed
     assert (c["id"], c["priority"], c["attempts"], c["max_attempts"]) == (str(done.id), 4, 3, 9)
-    assert datetime.fromisoformat(c["run_at"]) == when
+    assert from_js(c["run_at"]) == when
     [p] = permafailed
     assert (p["id"], p["attempts"], p["max_attempts"]) == (str(failed.id), 9, 9)
     assert p["last_error"] == "given up from Node"

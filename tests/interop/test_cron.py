@@ -35,7 +35,7 @@ from kongtask.cron import CronScheduler
 from kongtask.crontab import parse_crontab
 from kongtask.db import create_pool, quote_ident
 
-from .support import NODE_TIMEOUT, GraphileWorker, NodePool, python_recorder, wait_until
+from .support import NODE_TIMEOUT, GraphileWorker, NodePool, from_js, python_recorder, wait_until
 
 pytestmark = pytest.mark.interop
 
@@ -62,11 +62,6 @@ JS_MINUTE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:00\.000Z$")
 def js_iso(moment: datetime) -> str:
     moment = moment.astimezone(UTC)
     return f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
-
-
-def from_js(text: str) -> datetime:
-    """A ``Date.toISOString()`` string (as gw.js prints it) as an aware datetime."""
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def floor_minute(moment: datetime) -> datetime:
