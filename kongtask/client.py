@@ -11,7 +11,7 @@ import operator
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 import asyncpg
 
@@ -42,7 +42,8 @@ _CONSTRAINT_FIELDS = {
     "tasks_identifier_check": "identifier",
 }
 
-Executor = asyncpg.Pool | asyncpg.Connection
+#: What the utils run statements on: their own pool, or a pool or connection lent to them.
+Executor: TypeAlias = "asyncpg.Pool | asyncpg.Connection"
 
 
 @contextmanager

@@ -34,7 +34,7 @@ from .. import __version__
 from ..client import WorkerUtils
 from ..config import resolve_schema
 from ..crontab import CronItem, as_cron_items
-from ..db import DB_ERRORS, create_pool, resolve_dsn, scrub
+from ..db import DB_ERRORS, DB_OR_TIMEOUT_ERRORS, create_pool, resolve_dsn, scrub
 from ..errors import ConfigError, SchemaError
 from ..queries.dashboard import DashboardQueries
 from . import formatting, states
@@ -223,7 +223,7 @@ class Dashboard:
                     self.queries.jobs_table,
                     timeout=self.options.query_timeout,
                 )
-            except (*DB_ERRORS, asyncio.TimeoutError) as exc:
+            except DB_OR_TIMEOUT_ERRORS as exc:
                 if not failing:
                     log.warning("throughput sampling failed: %s", scrub(str(exc), self._dsn))
                 failing = True
