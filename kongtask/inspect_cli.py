@@ -1,10 +1,9 @@
 """``kongtask jobs | retry | remove | unlock``: look at the queue and repair it.
 
-The commands are thin: reading uses three statements defined here (counts,
-oldest due job, failed jobs), writing goes through :class:`WorkerUtils` and
-so through the schema's own admin functions, which leave alone jobs a live
-worker holds. Every value is a bind parameter; the schema name is quoted by
-:func:`kongtask.db.quote_ident`.
+The commands are thin: reading uses the statements of
+:mod:`kongtask.queries.inspect` (counts, oldest due job, failed jobs,
+workers), writing goes through :class:`WorkerUtils` and so through the
+schema's own admin functions, which leave alone jobs a live worker holds.
 
 ``cli`` imports this module, never the reverse: ``register`` takes the
 connection-argument helper as a parameter instead of importing it.
@@ -30,6 +29,16 @@ import orjson
 from .client import WorkerUtils
 from .db import connect, quote_ident
 from .errors import ConfigError
+from .queries.inspect import (
+    DATABASE_NOW,
+    TABLE_EXISTS,
+    failed_count_sql,
+    failed_sql,
+    locked_by_sql,
+    oldest_due_sql,
+    queue_counts_sql,
+    workers_sql,
+)
 
 EXIT_OK = 0
 EXIT_SKIPPED = 5
@@ -37,125 +46,6 @@ EXIT_SKIPPED = 5
 #: How long an error line may be in the human table before it is cut (the
 #: terminal width usually cuts it sooner).
 _ERROR_CHARS = 300
-
-
-# ---------------------------------------------------------------------- SQL
-def _task_queue_filter(s: str) -> str:
-    """Filters on $1 task identifier and $2 queue name (null = any), resolved to
-    ids once, so the scan of the jobs table compares integers."""
-    return (
-        f"($1::text is null or j.task_id = "
-        f"(select t.id from {s}._private_tasks as t where t.identifier = $1::text)) "
-        f"and ($2::text is null or j.job_queue_id = "
-        f"(select q.id from {s}._private_job_queues as q where q.queue_name = $2::text))"
-    )
-
-
-def queue_counts_sql(schema: str, *, by_queue: bool = True) -> str:
-    """Job counts per task (and queue) and state, plus the oldest due job's wait.
-
-    Parameters: ``$1`` task identifier and ``$2`` queue name to filter on, both
-    optional (the statement also runs with none). States: *available* is due
-    and unlocked; *scheduled* waits for its ``run_at``; *locked* is held by a
-    worker (or by a dead one, until its lock is 4 hours old); *failed* has used
-    up its attempts and will not run again. Shared by ``kongtask jobs`` and the
-    Prometheus gauges so both mean the same thing. One pass over the jobs
-    table; the names are joined after grouping.
-    """
-    s = quote_ident(schema)
-    queue_col = "j.job_queue_id" if by_queue else "null::int"
-    return f"""
-with c as (
-  select j.task_id, {queue_col} as job_queue_id,
-    count(*) filter (where j.is_available and j.run_at <= now()) as available,
-    count(*) filter (where j.is_available and j.run_at > now()) as scheduled,
-    count(*) filter (where j.locked_at is not null) as locked,
-    count(*) filter (where j.locked_at is null and j.attempts >= j.max_attempts) as failed,
-    extract(epoch from now() - min(j.run_at)
-      filter (where j.is_available and j.run_at <= now()))::float8 as oldest_due_age
-  from {s}._private_jobs as j
-  where {_task_queue_filter(s)}
-  group by 1, 2
-)
-select t.identifier as task_identifier, q.queue_name,
-  c.available, c.scheduled, c.locked, c.failed, c.oldest_due_age
-from c
-join {s}._private_tasks as t on t.id = c.task_id
-left join {s}._private_job_queues as q on q.id = c.job_queue_id
-order by t.identifier, q.queue_name nulls first"""
-
-
-def _oldest_due_sql(schema: str) -> str:
-    s = quote_ident(schema)
-    return f"""
-select j.id, t.identifier as task_identifier, q.queue_name, j.run_at, j.attempts,
-  j.max_attempts, j.priority, extract(epoch from now() - j.run_at)::float8 as age
-from {s}._private_jobs as j
-join {s}._private_tasks as t on t.id = j.task_id
-left join {s}._private_job_queues as q on q.id = j.job_queue_id
-where j.is_available and j.run_at <= now() and {_task_queue_filter(s)}
-order by j.run_at, j.id
-limit 1"""
-
-
-def _failed_sql(schema: str) -> str:
-    """Permanently failed jobs, most recently failed first; $3 limit (null = all)."""
-    s = quote_ident(schema)
-    return f"""
-select j.id, t.identifier as task_identifier, q.queue_name, j.attempts, j.max_attempts,
-  j.updated_at, j.key, j.last_error
-from {s}._private_jobs as j
-join {s}._private_tasks as t on t.id = j.task_id
-left join {s}._private_job_queues as q on q.id = j.job_queue_id
-where j.locked_at is null and j.attempts >= j.max_attempts and {_task_queue_filter(s)}
-order by j.updated_at desc, j.id desc
-limit $3::bigint"""
-
-
-def _failed_count_sql(schema: str) -> str:
-    s = quote_ident(schema)
-    return (
-        f"select count(*) from {s}._private_jobs as j "
-        f"where j.locked_at is null and j.attempts >= j.max_attempts and {_task_queue_filter(s)}"
-    )
-
-
-def _workers_sql(schema: str, *, heartbeats: bool) -> str:
-    """Who holds locks: kongtask pools from their heartbeat rows (even idle ones),
-    then any other lock holder (graphile-worker, or a pool without heartbeats)
-    by its ``locked_by``. $1 limit. These ids are what ``kongtask unlock`` takes."""
-    s = quote_ident(schema)
-    holders = f"""
-select j.locked_by as worker_id, null::text as hostname, null::int as pid,
-  null::float8 as silent, count(*) as jobs
-from {s}._private_jobs as j
-where j.locked_by is not null{{exclude}}
-group by j.locked_by"""
-    if not heartbeats:
-        return f"select * from ({holders.format(exclude='')}) as h order by jobs desc limit $1"
-    exclude = (
-        f" and not exists (select 1 from {s}._kongtask_workers as w "
-        "where w.worker_id = j.locked_by)"
-    )
-    return f"""
-select * from (
-  select w.worker_id, w.hostname, w.pid,
-    extract(epoch from now() - w.last_seen)::float8 as silent,
-    (select count(*) from {s}._private_jobs as j where j.locked_by = w.worker_id) as jobs
-  from {s}._kongtask_workers as w
-  union all
-  {holders.format(exclude=exclude)}
-) as h
-order by silent nulls last, worker_id
-limit $1"""
-
-
-def _locked_by_sql(schema: str) -> str:
-    s = quote_ident(schema)
-    return (
-        f"select (select count(*) from {s}._private_jobs where locked_by = any($1::text[])), "
-        f"(select count(*) from {s}._private_job_queues where locked_by = any($1::text[]))"
-    )
 
 
 # ------------------------------------------------------------------ parsing
@@ -336,15 +226,15 @@ async def _cmd_jobs(
     oldest = None
     if not args.failed:
         counts = await executor.fetch(queue_counts_sql(schema), *filters)
-        oldest = await executor.fetchrow(_oldest_due_sql(schema), *filters)
-    failed = await executor.fetch(_failed_sql(schema), *filters, args.limit)
-    failed_total = await executor.fetchval(_failed_count_sql(schema), *filters)
+        oldest = await executor.fetchrow(oldest_due_sql(schema), *filters)
+    failed = await executor.fetch(failed_sql(schema), *filters, args.limit)
+    failed_total = await executor.fetchval(failed_count_sql(schema), *filters)
     workers: list[Any] = []
     if not args.failed:
         heartbeats = await executor.fetchval(
-            "select to_regclass($1) is not null", f"{quote_ident(schema)}._kongtask_workers"
+            TABLE_EXISTS, f"{quote_ident(schema)}._kongtask_workers"
         )
-        workers = await executor.fetch(_workers_sql(schema, heartbeats=heartbeats), args.limit)
+        workers = await executor.fetch(workers_sql(schema, heartbeats=heartbeats), args.limit)
 
     if args.json:
         document: dict[str, Any] = {"schema": schema}
@@ -504,14 +394,14 @@ async def _cmd_retry(
 ) -> int:
     ids = list(dict.fromkeys(args.ids))
     if args.all_failed:
-        rows = await executor.fetch(_failed_sql(utils.schema), args.task, args.queue, None)
+        rows = await executor.fetch(failed_sql(utils.schema), args.task, args.queue, None)
         ids += [r["id"] for r in rows if r["id"] not in ids]
     elif not ids:
         raise ConfigError("retry: give job ids, or --all-failed")
     elif args.task or args.queue:
         raise ConfigError("retry: --task/--queue only narrow --all-failed")
     # The database clock, so a client clock running ahead cannot delay the jobs.
-    now = await executor.fetchval("select now()")
+    now = await executor.fetchval(DATABASE_NOW)
     done = await utils.reschedule_jobs(ids, run_at=now, attempts=0) if ids else []
     done_ids = sorted(job.id for job in done)
     skipped = sorted(set(ids) - set(done_ids))
@@ -557,7 +447,7 @@ async def _cmd_unlock(
     args: argparse.Namespace, utils: WorkerUtils, executor: asyncpg.Connection, out: TextIO
 ) -> int:
     workers = list(dict.fromkeys(args.worker_ids))
-    jobs, queues = await executor.fetchrow(_locked_by_sql(utils.schema), workers)
+    jobs, queues = await executor.fetchrow(locked_by_sql(utils.schema), workers)
     await utils.force_unlock_workers(workers)
     out.write(
         orjson.dumps(
