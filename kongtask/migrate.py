@@ -46,12 +46,37 @@ KONGTASK_OBJECTS = (
 
 @dataclass(frozen=True, slots=True)
 class MigrationResult:
-    """What :func:`migrate` found and did."""
+    """What :func:`migrate` found and did.
+
+    ``installed`` is True only when this call created the schema;
+    ``kongtask_applied`` counts the migrations of kongtask's own track this
+    call applied (to a schema installed before, by graphile-worker or an
+    older kongtask).
+    """
 
     schema: str
     installed: bool
     version: int
     kongtask_version: int = len(KONGTASK_MIGRATIONS)
+    kongtask_applied: int = 0
+
+    @property
+    def action(self) -> str:
+        """``installed``, ``upgraded`` or ``none``: what this call changed."""
+        if self.installed:
+            return "installed"
+        return "upgraded" if self.kongtask_applied else "none"
+
+    def summary(self) -> str:
+        """One sentence saying what happened, for people (``kongtask migrate``)."""
+        name = f"schema {self.schema!r}"
+        at = f"graphile-worker migration {self.version}, kongtask migration {self.kongtask_version}"
+        if self.installed:
+            return f"installed {name} at {at}"
+        if self.kongtask_applied:
+            count = self.kongtask_applied
+            return f"upgraded {name} to {at} ({count} kongtask migration(s) applied)"
+        return f"{name} is already at {at}: nothing to do"
 
 
 #: Where the SQL files are looked for, in this order. The repository keeps the one
@@ -164,8 +189,10 @@ async def _migrate_locked(conn: asyncpg.Connection, schema: str) -> MigrationRes
         version = await read_version(conn, schema)
         if version is not None:
             check_version(schema, version)
-            await _migrate_kongtask_track(conn, schema)
-            return MigrationResult(schema=schema, installed=False, version=version[0])
+            applied = await _migrate_kongtask_track(conn, schema)
+            return MigrationResult(
+                schema=schema, installed=False, version=version[0], kongtask_applied=applied
+            )
         await conn.execute(q.create_schema_sql(schema))
         await conn.execute(schema_sql(schema))
         await conn.execute(
@@ -173,8 +200,10 @@ async def _migrate_locked(conn: asyncpg.Connection, schema: str) -> MigrationRes
             list(BREAKING_MIGRATIONS),
             LATEST_MIGRATION,
         )
-        await _migrate_kongtask_track(conn, schema)
-    return MigrationResult(schema=schema, installed=True, version=LATEST_MIGRATION)
+        applied = await _migrate_kongtask_track(conn, schema)
+    return MigrationResult(
+        schema=schema, installed=True, version=LATEST_MIGRATION, kongtask_applied=applied
+    )
 
 
 async def _installed_versions(
@@ -196,19 +225,23 @@ async def _installed_versions(
     return (int(versions["latest"]), int(versions["breaking"])), int(versions["track"])
 
 
-async def _migrate_kongtask_track(conn: asyncpg.Connection, schema: str) -> None:
-    """Apply kongtask's own migrations that are missing (inside the caller's transaction).
+async def _migrate_kongtask_track(conn: asyncpg.Connection, schema: str) -> int:
+    """Apply kongtask's own migrations that are missing (inside the caller's transaction);
+    returns how many it applied.
 
     A database migrated by a newer kongtask may hold numbers we do not know;
     those only ever add objects, so an older kongtask keeps working without them.
     """
     await conn.execute(q.create_track_table_sql(schema))
     applied = {row[0] for row in await conn.fetch(q.applied_track_sql(schema))}
+    count = 0
     for number, filename in enumerate(KONGTASK_MIGRATIONS, start=1):
         if number in applied:
             continue
         await conn.execute(schema_sql(schema, filename))
         await conn.execute(q.record_track_sql(schema), number)
+        count += 1
+    return count
 
 
 async def kongtask_track_version(conn: asyncpg.Connection, schema: str) -> int:

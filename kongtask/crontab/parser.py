@@ -332,8 +332,18 @@ def parse_crontab(text: str) -> list[CronItem]:
 
 
 def load_crontab(path: str | Path) -> list[CronItem]:
-    """Read and parse a crontab file (UTF-8)."""
-    return parse_crontab(Path(path).read_text(encoding="utf-8"))
+    """Read and parse a crontab file (UTF-8).
+
+    A syntax error names the file as well as the line and column
+    (``FILE:LINE:COLUMN: message``), since a worker's log does not otherwise
+    say which crontab it read. A file that cannot be read raises ``OSError``
+    (or ``UnicodeDecodeError``) as :meth:`Path.read_text` does.
+    """
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        return parse_crontab(text)
+    except CronSyntaxError as exc:
+        raise exc.in_file(str(path)) from None
 
 
 def as_cron_items(crontab: str | Sequence[CronItem] | None) -> list[CronItem]:
