@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-from collections.abc import Awaitable, Callable
-from typing import TextIO
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TextIO
 
 import asyncpg
 import orjson
@@ -19,12 +19,48 @@ from ..client import WorkerUtils
 from ..db import connect, quote_ident
 from ..errors import ConfigError
 from ..queries import inspect as q
-from .render import JobsReport, jobs_json, jobs_text
+from .render import JobsReport, Row, jobs_json, jobs_text
 
 EXIT_OK = 0
 EXIT_SKIPPED = 5
 
 Command = Callable[[argparse.Namespace, WorkerUtils, asyncpg.Connection, TextIO], Awaitable[int]]
+
+
+#: Seconds a due job may wait never attempted, with no job of its task
+#: running, before ``kongtask jobs`` says no worker is seen taking its task.
+UNATTENDED_AFTER = 300.0
+
+
+def unattended_tasks(
+    counts: Sequence[Row], after: float = UNATTENDED_AFTER
+) -> list[dict[str, Any]]:
+    """Tasks whose due jobs nobody seems to take: the oldest never-attempted due
+    job has waited ``after`` seconds or more, and no job of the task is locked.
+
+    kongtask cannot know other workers' task lists, so this is what the jobs
+    themselves show. A worker without a handler never fetches the task's jobs
+    (their attempts stay 0 and none is ever locked); a worker that has one but
+    is behind is running some of them (locked), and a failing task's jobs
+    have attempts. In lease mode a leased job is not locked until its lease
+    ends, so a lease longer than ``after`` could hide running jobs here.
+    """
+    by_task: dict[str, dict[str, Any]] = {}
+    for r in counts:
+        task = by_task.setdefault(
+            r["task_identifier"],
+            {"task": r["task_identifier"], "untried": 0, "oldest_untried_age": None, "locked": 0},
+        )
+        task["untried"] += r["untried"]
+        task["locked"] += r["locked"]
+        waited = r["oldest_untried_age"]
+        if waited is not None and (task["oldest_untried_age"] or 0.0) < waited:
+            task["oldest_untried_age"] = waited
+    return [
+        {key: value for key, value in task.items() if key != "locked"}
+        for task in by_task.values()
+        if task["locked"] == 0 and (task["oldest_untried_age"] or 0.0) >= after
+    ]
 
 
 def _emit(out: TextIO, document: object) -> None:
@@ -40,6 +76,7 @@ async def read_jobs(
     if not args.failed:
         report.counts = await executor.fetch(q.queue_counts_sql(schema), *filters)
         report.oldest = await executor.fetchrow(q.oldest_due_sql(schema), *filters)
+        report.unattended = unattended_tasks(report.counts)
     report.failed = await executor.fetch(q.failed_sql(schema), *filters, args.limit)
     report.failed_total = await executor.fetchval(q.failed_count_sql(schema), *filters)
     if not args.failed:

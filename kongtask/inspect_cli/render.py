@@ -32,6 +32,7 @@ class JobsReport:
     counts: list[Row] = field(default_factory=list)
     oldest: Row | None = None
     workers: list[Row] = field(default_factory=list)
+    unattended: list[dict[str, Any]] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------- cells
@@ -132,6 +133,7 @@ def jobs_json(report: JobsReport) -> dict[str, Any]:
         document["counts"] = [_count_json(r) for r in report.counts]
         document["oldest_due"] = None if report.oldest is None else _oldest_json(report.oldest)
         document["workers"] = [_worker_json(r) for r in report.workers]
+        document["unattended"] = report.unattended
     document["failed_total"] = report.failed_total
     document["failed"] = [_failed_json(r) for r in report.failed]
     return document
@@ -208,6 +210,7 @@ def jobs_text(report: JobsReport, *, limit: int, width: int) -> str:
     page = _Page(width)
     if not report.failed_only:
         _counts(page, report, limit)
+        _unattended(page, report.unattended)
         _oldest(page, report.oldest)
         _workers(page, report.workers)
         page.lines.append("")
@@ -245,6 +248,15 @@ def _counts(page: _Page, report: JobsReport, limit: int) -> None:
         page.say(
             f"... {len(body) - limit} more task/queue rows "
             "(raise --limit, or narrow with --task/--queue)"
+        )
+
+
+def _unattended(page: _Page, tasks: list[dict[str, Any]]) -> None:
+    for task in tasks:
+        page.say(
+            f"no worker seen taking task {task['task']}: {task['untried']} due job(s) never "
+            f"attempted, the oldest waiting {age(task['oldest_untried_age'])}, none running "
+            "(is a worker with a handler for it running?)"
         )
 
 

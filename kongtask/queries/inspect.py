@@ -45,9 +45,11 @@ def queue_counts_sql(schema: str, *, by_queue: bool = True) -> str:
     optional (the statement also runs with none). States: *available* is due
     and unlocked; *scheduled* waits for its ``run_at``; *locked* is held by a
     worker (or by a dead one, until its lock is 4 hours old); *failed* has used
-    up its attempts and will not run again. Shared by ``kongtask jobs`` and the
-    Prometheus gauges so both mean the same thing. One pass over the jobs
-    table; the names are joined after grouping.
+    up its attempts and will not run again; *untried* is available and due
+    but never attempted (``kongtask jobs`` uses it to spot tasks no worker
+    seems to take). Shared by ``kongtask jobs`` and the Prometheus gauges so
+    both mean the same thing. One pass over the jobs table; the names are
+    joined after grouping.
     """
     s = quote_ident(schema)
     queue_col = "j.job_queue_id" if by_queue else "null::int"
@@ -59,13 +61,18 @@ with c as (
     count(*) filter (where j.locked_at is not null) as locked,
     count(*) filter (where j.locked_at is null and j.attempts >= j.max_attempts) as failed,
     extract(epoch from now() - min(j.run_at)
-      filter (where j.is_available and j.run_at <= now()))::float8 as oldest_due_age
+      filter (where j.is_available and j.run_at <= now()))::float8 as oldest_due_age,
+    count(*) filter (where j.is_available and j.run_at <= now() and j.attempts = 0) as untried,
+    extract(epoch from now() - min(j.run_at)
+      filter (where j.is_available and j.run_at <= now() and j.attempts = 0))::float8
+      as oldest_untried_age
   from {s}._private_jobs as j
   where {_task_queue_filter(s)}
   group by 1, 2
 )
 select t.identifier as task_identifier, q.queue_name,
-  c.available, c.scheduled, c.locked, c.failed, c.oldest_due_age
+  c.available, c.scheduled, c.locked, c.failed, c.oldest_due_age,
+  c.untried, c.oldest_untried_age
 from c
 join {s}._private_tasks as t on t.id = c.task_id
 left join {s}._private_job_queues as q on q.id = c.job_queue_id
