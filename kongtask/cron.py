@@ -8,10 +8,10 @@ minute, in the same transaction. A second pool (Node or Python) trying the
 same minute finds ``last_execution`` already there and adds nothing, so N
 pools enqueue each tick exactly once.
 
-The statement (:attr:`kongtask.queries.cron.CronQueries.schedule`) takes every (item, minute) pair
-due in one go (the normal tick, or a whole catch-up or backfill) as one JSON
-parameter. It row-locks the items' ``known_crontabs`` rows in identifier order
-(no deadlocks between pools), keeps the pairs newer than the locked
+The statement (:attr:`kongtask.queries.cron.CronQueries.schedule`) takes every
+(item, minute) pair due in one go (the normal tick, or a whole catch-up or
+backfill) as one JSON parameter. It row-locks the items' ``known_crontabs``
+rows in identifier order (no deadlocks between pools), keeps the pairs newer than the locked
 ``last_execution`` (under READ COMMITTED a locking read returns the newest
 committed row, so a pool that waited sees what the winner wrote), advances
 ``last_execution`` to the newest kept minute, and adds the kept pairs'
