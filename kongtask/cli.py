@@ -34,6 +34,7 @@ from .errors import (
     SchemaTooNew,
     TaskLoadError,
 )
+from .migrate import MigrationResult
 from .supervisor import resolve_processes, supervise, without_processes
 
 EXIT_ERROR = 1
@@ -221,27 +222,36 @@ def _tune_gc() -> None:
     gc.set_threshold(threshold, middle, old)
 
 
-async def _cmd_run(args: argparse.Namespace) -> int:
+def _read_crontab(path: str) -> list[Any]:
+    """The crontab ``run`` was given; an unreadable file is bad input (exit 2), one line.
+
+    Syntax errors already name the file, line and column (``load_crontab``).
+    """
     from .crontab import load_crontab
+
+    try:
+        return load_crontab(path)
+    except OSError as exc:
+        raise ConfigError(f"--crontab: cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"--crontab: cannot read {path}: not UTF-8 text ({exc.reason})") from None
+
+
+async def _cmd_run(args: argparse.Namespace) -> int:
     from .tasks import load_tasks
     from .worker import Runner, WorkerOptions
 
     dsn = _dsn(args)
     if args.schema_only:
         async with WorkerUtils(dsn, schema=args.schema) as utils:
-            result = await utils.migrate()
-        print(
-            orjson.dumps(
-                {"schema": result.schema, "installed": result.installed, "version": result.version}
-            ).decode()
-        )
+            _print_migration(await utils.migrate())
         return 0
     spec = args.tasks or ("tasks" if Path("tasks").is_dir() else None)
     if spec is None:
         raise TaskLoadError("no --tasks given and no ./tasks folder here")
     tasks = load_tasks(spec)
     crontab_file = args.crontab or ("crontab" if Path("crontab").is_file() else None)
-    crontab = load_crontab(crontab_file) if crontab_file else None
+    crontab = _read_crontab(crontab_file) if crontab_file else None
     options = WorkerOptions(
         crontab=crontab,
         concurrency=args.concurrency,
@@ -298,13 +308,25 @@ async def _cmd_run(args: argparse.Namespace) -> int:
 
 async def _cmd_migrate(args: argparse.Namespace) -> int:
     async with WorkerUtils(_dsn(args), schema=args.schema) as utils:
-        result = await utils.migrate()
+        _print_migration(await utils.migrate())
+    return 0
+
+
+def _print_migration(result: MigrationResult) -> None:
+    """One JSON line saying what migrating did: ``action`` is installed, upgraded or
+    none, and ``message`` says it in words (a bare ``"installed": false`` read as
+    "not installed" when the schema was simply current already)."""
     print(
         orjson.dumps(
-            {"schema": result.schema, "installed": result.installed, "version": result.version}
+            {
+                "schema": result.schema,
+                "action": result.action,
+                "version": result.version,
+                "kongtask_version": result.kongtask_version,
+                "message": result.summary(),
+            }
         ).decode()
     )
-    return 0
 
 
 async def _cmd_add(args: argparse.Namespace) -> int:

@@ -21,19 +21,39 @@ class InvalidJobSpec(KongtaskError, ValueError):
 
 
 class CronSyntaxError(KongtaskError, ValueError):
-    """A crontab line or field cannot be parsed; says where and what was expected."""
+    """A crontab line or field cannot be parsed; says where and what was expected.
 
-    def __init__(self, message: str, *, line: int | None = None, column: int | None = None) -> None:
-        where = ""
-        if line is not None:
+    With ``path`` (a crontab read from a file) the text is ``FILE:LINE:COLUMN:
+    message``, the form editors jump to; without, ``line L, column C: message``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        line: int | None = None,
+        column: int | None = None,
+        path: str | None = None,
+    ) -> None:
+        if path is not None:
+            where = ":".join(str(part) for part in (path, line, column) if part is not None)
+            where += ": "
+        elif line is not None:
             where = f"line {line}"
             if column is not None:
                 where += f", column {column}"
             where += ": "
+        else:
+            where = ""
         super().__init__(f"{where}{message}")
         self.line = line
         self.column = column
         self.message = message
+        self.path = path
+
+    def in_file(self, path: str) -> CronSyntaxError:
+        """The same error, naming the file it was found in."""
+        return CronSyntaxError(self.message, line=self.line, column=self.column, path=path)
 
 
 class SchemaError(KongtaskError):

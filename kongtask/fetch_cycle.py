@@ -33,6 +33,7 @@ from .events import EventEmitter
 from .leases import FetchConnection, LeaseKeeper
 from .options import ForbiddenFlags
 from .queries import Queries
+from .queries.session import ROLLBACK
 
 #: Seconds a plain fetch may resume after its own last job before it scans
 #: the due jobs from the top again (which finds anything it stepped over).
@@ -254,7 +255,7 @@ class FetchCycle:
             rows = await self._fetch_plain(conn, plain, wanted, flags, args)
             if not rows:
                 keeper.abandon(lease)
-                await conn.execute("rollback")
+                await conn.execute(ROLLBACK)
                 return [], False
             jobs = decode.decode_leased(rows, lease, self._names_by_id, self._worker_id, locked_at)
         except BaseException:

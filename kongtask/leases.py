@@ -33,6 +33,7 @@ from .completion import Completer
 from .db import DB_ERRORS
 from .held import HeldConnection, Hook, tids_literal, usable
 from .queries import Queries
+from .queries.session import COMMIT, GENERIC_PLANS, begin_lease_sql
 
 Lease = dispatch.Lease
 Job = decode.Job
@@ -134,9 +135,7 @@ class LeaseKeeper:
         # stalled by a sync handler run on it) is still ended by PostgreSQL.
         # An int formatted into a fixed statement: SET takes no parameters.
         idle_ms = int(max(60.0, 20 * lease_time) * 1000)
-        self.begin_statement = (
-            f"begin; set local idle_in_transaction_session_timeout = '{idle_ms}ms'"
-        )
+        self.begin_statement = begin_lease_sql(idle_ms)
 
     async def _setup(self, conn: Any) -> None:
         await decode_timestamps_as_micros(conn)
@@ -148,7 +147,7 @@ class LeaseKeeper:
         # execution (which PostgreSQL keeps choosing) re-estimated every element
         # of a 1,000-element id or ctid array: a tenth of the server's CPU in a
         # drain.
-        await conn.execute("set plan_cache_mode = force_generic_plan")
+        await conn.execute(GENERIC_PLANS)
 
     # ----------------------------------------------------------- connections
     async def connection(self) -> FetchConnection:
@@ -260,7 +259,7 @@ class LeaseKeeper:
                     ids_literal(unfinished),
                     self._worker_id,
                 )
-            await conn.execute("commit")
+            await conn.execute(COMMIT)
         except DB_ERRORS as exc:
             await held.discard()
             self._lost(lease, exc, done, failed, unfinished)

@@ -54,7 +54,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
 import asyncpg
 
 from .db import DB_ERRORS
-from .inspect_cli import queue_counts_sql
+from .queries.inspect import queue_counts_sql
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -86,7 +86,7 @@ DURATION_BUCKETS = (
 #: Fetch batch size buckets (jobs per fetch; 0 is an idle fetch).
 BATCH_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 
-#: Queue gauge states, in the column order of :func:`kongtask.inspect_cli.queue_counts_sql`.
+#: Queue gauge states, in the column order of :func:`kongtask.queries.inspect.queue_counts_sql`.
 QUEUE_STATES = ("available", "scheduled", "locked", "failed")
 
 

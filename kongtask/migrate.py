@@ -21,6 +21,7 @@ import asyncpg
 
 from .db import quote_ident
 from .errors import InstallIncomplete, SchemaTooNew, SchemaTooOld
+from .queries import schema as q
 
 #: The newest graphile-worker migration whose schema kongtask reproduces.
 LATEST_MIGRATION = 19
@@ -45,12 +46,37 @@ KONGTASK_OBJECTS = (
 
 @dataclass(frozen=True, slots=True)
 class MigrationResult:
-    """What :func:`migrate` found and did."""
+    """What :func:`migrate` found and did.
+
+    ``installed`` is True only when this call created the schema;
+    ``kongtask_applied`` counts the migrations of kongtask's own track this
+    call applied (to a schema installed before, by graphile-worker or an
+    older kongtask).
+    """
 
     schema: str
     installed: bool
     version: int
     kongtask_version: int = len(KONGTASK_MIGRATIONS)
+    kongtask_applied: int = 0
+
+    @property
+    def action(self) -> str:
+        """``installed``, ``upgraded`` or ``none``: what this call changed."""
+        if self.installed:
+            return "installed"
+        return "upgraded" if self.kongtask_applied else "none"
+
+    def summary(self) -> str:
+        """One sentence saying what happened, for people (``kongtask migrate``)."""
+        name = f"schema {self.schema!r}"
+        at = f"graphile-worker migration {self.version}, kongtask migration {self.kongtask_version}"
+        if self.installed:
+            return f"installed {name} at {at}"
+        if self.kongtask_applied:
+            count = self.kongtask_applied
+            return f"upgraded {name} to {at} ({count} kongtask migration(s) applied)"
+        return f"{name} is already at {at}: nothing to do"
 
 
 #: Where the SQL files are looked for, in this order. The repository keeps the one
@@ -97,13 +123,10 @@ def schema_sql(schema: str, filename: str = "schema_0_17.sql") -> str:
 async def read_version(conn: asyncpg.Connection, schema: str) -> tuple[int, int] | None:
     """``(latest, latest_breaking)`` migration ids, or None if never migrated."""
     table = f"{quote_ident(schema)}.migrations"
-    exists = await conn.fetchval("select to_regclass($1) is not null", table)
+    exists = await conn.fetchval(q.TABLE_EXISTS, table)
     if not exists:
         return None
-    row = await conn.fetchrow(
-        f"select coalesce(max(id), 0) as latest, "
-        f"coalesce(max(id) filter (where breaking), 0) as breaking from {table}"
-    )
+    row = await conn.fetchrow(q.versions_sql(schema))
     assert row is not None
     return int(row["latest"]), int(row["breaking"])
 
@@ -154,31 +177,33 @@ async def migrate(conn: asyncpg.Connection, schema: str = "graphile_worker") -> 
     # started before the lock was granted would keep a stale catalog cache
     # (the fast path's lookups above) and miss the winner's tables.
     key = "kongtask:migrate:" + schema
-    await conn.execute("select pg_advisory_lock(hashtext($1))", key)
+    await conn.execute(q.ADVISORY_LOCK, key)
     try:
         return await _migrate_locked(conn, schema)
     finally:
-        await conn.execute("select pg_advisory_unlock(hashtext($1))", key)
+        await conn.execute(q.ADVISORY_UNLOCK, key)
 
 
 async def _migrate_locked(conn: asyncpg.Connection, schema: str) -> MigrationResult:
-    quoted = quote_ident(schema)
     async with conn.transaction():
         version = await read_version(conn, schema)
         if version is not None:
             check_version(schema, version)
-            await _migrate_kongtask_track(conn, schema)
-            return MigrationResult(schema=schema, installed=False, version=version[0])
-        await conn.execute(f"create schema if not exists {quoted}")
+            applied = await _migrate_kongtask_track(conn, schema)
+            return MigrationResult(
+                schema=schema, installed=False, version=version[0], kongtask_applied=applied
+            )
+        await conn.execute(q.create_schema_sql(schema))
         await conn.execute(schema_sql(schema))
         await conn.execute(
-            f"insert into {quoted}.migrations (id, breaking) "
-            "select n, n = any($1::int[]) from generate_series(1, $2::int) as n",
+            q.record_migrations_sql(schema),
             list(BREAKING_MIGRATIONS),
             LATEST_MIGRATION,
         )
-        await _migrate_kongtask_track(conn, schema)
-    return MigrationResult(schema=schema, installed=True, version=LATEST_MIGRATION)
+        applied = await _migrate_kongtask_track(conn, schema)
+    return MigrationResult(
+        schema=schema, installed=True, version=LATEST_MIGRATION, kongtask_applied=applied
+    )
 
 
 async def _installed_versions(
@@ -188,53 +213,42 @@ async def _installed_versions(
     part is missing; the track version is 0 when kongtask's table is missing."""
     quoted = quote_ident(schema)
     row = await conn.fetchrow(
-        "select to_regclass($1) is not null as gw, to_regclass($2) is not null as kt",
+        q.TABLES_EXIST,
         f"{quoted}.migrations",
         f"{quoted}._kongtask_migrations",
     )
     assert row is not None
     if not row["gw"]:
         return None
-    track = (
-        f"(select coalesce(max(id), 0) from {quoted}._kongtask_migrations)" if row["kt"] else "0"
-    )
-    versions = await conn.fetchrow(
-        f"select coalesce(max(id), 0) as latest, "
-        f"coalesce(max(id) filter (where breaking), 0) as breaking, {track} as track "
-        f"from {quoted}.migrations"
-    )
+    versions = await conn.fetchrow(q.versions_sql(schema, track=row["kt"]))
     assert versions is not None
     return (int(versions["latest"]), int(versions["breaking"])), int(versions["track"])
 
 
-async def _migrate_kongtask_track(conn: asyncpg.Connection, schema: str) -> None:
-    """Apply kongtask's own migrations that are missing (inside the caller's transaction).
+async def _migrate_kongtask_track(conn: asyncpg.Connection, schema: str) -> int:
+    """Apply kongtask's own migrations that are missing (inside the caller's transaction);
+    returns how many it applied.
 
     A database migrated by a newer kongtask may hold numbers we do not know;
     those only ever add objects, so an older kongtask keeps working without them.
     """
-    quoted = quote_ident(schema)
-    await conn.execute(
-        f"create table if not exists {quoted}._kongtask_migrations ("
-        "id integer not null primary key, ts timestamp with time zone not null default now())"
-    )
-    applied = {row[0] for row in await conn.fetch(f"select id from {quoted}._kongtask_migrations")}
+    await conn.execute(q.create_track_table_sql(schema))
+    applied = {row[0] for row in await conn.fetch(q.applied_track_sql(schema))}
+    count = 0
     for number, filename in enumerate(KONGTASK_MIGRATIONS, start=1):
         if number in applied:
             continue
         await conn.execute(schema_sql(schema, filename))
-        await conn.execute(f"insert into {quoted}._kongtask_migrations (id) values ($1)", number)
+        await conn.execute(q.record_track_sql(schema), number)
+        count += 1
+    return count
 
 
 async def kongtask_track_version(conn: asyncpg.Connection, schema: str) -> int:
     """How far kongtask's own track is applied (0 for a schema migrated only by
     graphile-worker): heartbeats and recovery need all of it."""
     quoted = quote_ident(schema)
-    exists = await conn.fetchval(
-        "select to_regclass($1) is not null", f"{quoted}._kongtask_migrations"
-    )
+    exists = await conn.fetchval(q.TABLE_EXISTS, f"{quoted}._kongtask_migrations")
     if not exists:
         return 0
-    return int(
-        await conn.fetchval(f"select coalesce(max(id), 0) from {quoted}._kongtask_migrations")
-    )
+    return int(await conn.fetchval(q.track_version_sql(schema)))

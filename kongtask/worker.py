@@ -42,6 +42,7 @@ from .options import WorkerOptions, build_options, check_pool_size
 from .outcomes import FENCE_MESSAGE, SHUTDOWN_MESSAGE, Outcomes, format_error
 from .queries import Queries
 from .tasks import Handler, TaskList, as_task_list
+from .unhandled import warn_unhandled_cron, warn_unhandled_jobs
 
 log = logging.getLogger("kongtask.worker")
 
@@ -155,6 +156,7 @@ class Runner:
                     await _migrate.ensure_compatible(conn, self.schema)
                 track = await _migrate.kongtask_track_version(conn, self.schema)
                 task_ids, task_names = await self._register_tasks(conn)
+                await warn_unhandled_jobs(conn, self.queries, task_names, self.log)
                 if track >= len(_migrate.KONGTASK_MIGRATIONS):
                     self._heartbeat = Heartbeat(
                         self._pool,
@@ -172,6 +174,7 @@ class Runner:
             if listening is not None:
                 await listening
             if self._cron_items:
+                warn_unhandled_cron(self._cron_items, task_names, self.log)
                 self._cron = CronScheduler(
                     self._pool, self.schema, self._cron_items, self.events, logger=self.log
                 )

@@ -170,6 +170,24 @@ from {s}._private_job_queues as q where q.id = any($2::text::int[])"""
 
     # ----------------------------------------------------------------- worker
     @cached_property
+    def unhandled_waiting_tasks(self) -> str:
+        """Identifiers other than $1's that have waiting jobs (unlocked, attempts
+        left); at most $2 of them, in name order.
+
+        Cheap in the usual case: the tasks table is small and the filter on
+        identifiers comes first, so only tasks this worker lacks probe the jobs
+        table, and each probe stops at its first waiting job (the partial
+        index of available jobs carries task_id).
+        """
+        return (
+            f"select t.identifier from {self.s}._private_tasks as t "
+            "where t.identifier <> all($1::text[]) "
+            f"and exists (select 1 from {self.s}._private_jobs as j "
+            "where j.task_id = t.id and j.is_available) "
+            "order by t.identifier limit $2"
+        )
+
+    @cached_property
     def register_tasks(self) -> str:
         """Make sure every task identifier has a row; return all their ids.
 

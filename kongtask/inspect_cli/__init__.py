@@ -1,0 +1,33 @@
+"""``kongtask jobs | retry | remove | unlock``: look at the queue and repair it.
+
+The commands are thin: reading uses the statements of
+:mod:`kongtask.queries.inspect` (counts, oldest due job, failed jobs,
+workers), writing goes through :class:`WorkerUtils` and so through the
+schema's own admin functions, which leave alone jobs a live worker holds.
+
+Three rooms: :mod:`.args` adds the subcommands to the CLI's parser,
+:mod:`.commands` runs them against the database, :mod:`.render` turns what
+they read into a table or JSON. ``cli`` imports this package, never the
+reverse: ``register`` takes the connection-argument helper as a parameter.
+
+Exit codes besides the CLI's usual ones: :data:`EXIT_SKIPPED` (5) when a
+write command could not act on every job or worker it was given (not found,
+or locked by a live worker), so scripts can tell "done" from "partly done".
+"""
+
+from __future__ import annotations
+
+from ..queries.inspect import queue_counts_sql
+from .args import register
+from .commands import COMMAND_NAMES, EXIT_OK, EXIT_SKIPPED, run_command
+from .render import format_table
+
+__all__ = [
+    "COMMAND_NAMES",
+    "EXIT_OK",
+    "EXIT_SKIPPED",
+    "format_table",
+    "queue_counts_sql",
+    "register",
+    "run_command",
+]
