@@ -310,7 +310,8 @@ def test_describe_next_and_cron_check(tmp_path: Path, capsys: pytest.CaptureFixt
     bad.write_text("* * * * * ok\n* * * * * ok ?fill=3y\n")
     assert cron_check_main(str(bad)) == 2
     assert f"{bad}:2:20: fill: invalid time phrase" in capsys.readouterr().err
-    assert cron_check_main(str(tmp_path / "missing")) == 1
+    assert cron_check_main(str(tmp_path / "missing")) == 2
+    assert "cannot read crontab" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------- time zones

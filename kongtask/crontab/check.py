@@ -40,14 +40,14 @@ def cron_check_main(path: str) -> int:
     """``kongtask cron check FILE``: print each item and its next five fire times.
 
     Returns 0 when the file parses, 2 on a syntax error (printed as
-    ``FILE:LINE:COLUMN: message``, the format editors jump to), 1 when the
-    file cannot be read.
+    ``FILE:LINE:COLUMN: message``, the format editors jump to) or when the
+    file cannot be read: both are bad input, which every command exits 2 for.
     """
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         print(f"{path}: cannot read crontab: {exc}", file=sys.stderr)
-        return 1
+        return 2
     try:
         items = parse_crontab(text)
     except CronSyntaxError as exc:
