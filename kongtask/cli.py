@@ -1,7 +1,8 @@
 """``kongtask`` command line: a thin front end; every command calls the library.
 
 Exit codes: 0 success; 1 unexpected error; 2 bad usage, configuration or
-input; 3 the database cannot be reached; 4 tasks failed to load; 57 the
+input (a DSN that does not parse, a schema ``kongtask migrate`` never installed);
+3 the database cannot be reached; 4 tasks failed to load; 57 the
 schema holds a breaking migration newer than this kongtask (graphile-worker
 uses the same code).
 """
@@ -19,18 +20,21 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import orjson
 
 from . import __version__, inspect_cli
 from ._core import IMPLEMENTATION
-from .client import WorkerUtils
+from .client import Job, WorkerUtils
+from .config import resolve_schema
 from .dashboard import cli as dashboard_cli
-from .db import embedded_dsn, mask_dsn, resolve_dsn, scrub
+from .db import embedded_dsn, mask_dsn, resolve_dsn, schema_missing, scrub
 from .errors import (
     ConfigError,
     CronSyntaxError,
     InvalidJobSpec,
     KongtaskError,
+    SchemaMissing,
     SchemaTooNew,
     TaskLoadError,
 )
@@ -90,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--tasks",
         metavar="MODULE_OR_DIR",
-        help="module exposing a TaskList/dict, a .py file, or a folder of task "
-        "files (default: ./tasks)",
+        help="module exposing a TaskList/dict (imported from the current folder "
+        "first), a .py file, or a folder of task files (default: ./tasks/, else ./tasks.py)",
     )
     run.add_argument(
         "-j",
@@ -172,7 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     add = commands.add_parser("add", help="add a job")
     _add_connection_args(add)
     add.add_argument("task")
-    add.add_argument("payload", nargs="?", default="{}", help="JSON payload (default {})")
+    add.add_argument(
+        "payload",
+        nargs="?",
+        default="{}",
+        help="JSON payload (default {}); - reads it from stdin, @FILE from a file",
+    )
     add.add_argument("--queue")
     add.add_argument("--run-at", metavar="ISO8601")
     add.add_argument("--job-key")
@@ -221,6 +230,26 @@ def _tune_gc() -> None:
     gc.set_threshold(threshold, middle, old)
 
 
+def _default_tasks() -> str | None:
+    """``./tasks/`` (a folder of task files), else ``./tasks.py``, else nothing."""
+    if Path("tasks").is_dir():
+        return "tasks"
+    if Path("tasks.py").is_file():
+        return "tasks.py"
+    return None
+
+
+def _import_from_cwd() -> None:
+    """Make ``--tasks myapp.tasks`` find ``./myapp`` as ``python -m kongtask`` would.
+
+    The ``kongtask`` console script starts with its own folder on ``sys.path``,
+    not the current one, so a project's package was not importable from it.
+    """
+    cwd = os.getcwd()
+    if "" not in sys.path and cwd not in sys.path:
+        sys.path.insert(0, cwd)
+
+
 async def _cmd_run(args: argparse.Namespace) -> int:
     from .crontab import load_crontab
     from .tasks import load_tasks
@@ -236,9 +265,10 @@ async def _cmd_run(args: argparse.Namespace) -> int:
             ).decode()
         )
         return 0
-    spec = args.tasks or ("tasks" if Path("tasks").is_dir() else None)
+    spec = args.tasks or _default_tasks()
     if spec is None:
-        raise TaskLoadError("no --tasks given and no ./tasks folder here")
+        raise TaskLoadError("no --tasks given, and no ./tasks folder or ./tasks.py here")
+    _import_from_cwd()
     tasks = load_tasks(spec)
     crontab_file = args.crontab or ("crontab" if Path("crontab").is_file() else None)
     crontab = load_crontab(crontab_file) if crontab_file else None
@@ -307,29 +337,51 @@ async def _cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _cmd_add(args: argparse.Namespace) -> int:
-    try:
-        payload = orjson.loads(args.payload)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidJobSpec("payload", f"not valid JSON: {exc}") from None
-    run_at = None
-    if args.run_at:
+def _read_payload(text: str) -> Any:
+    """The payload argument: JSON text, ``-`` for stdin, or ``@FILE``.
+
+    Stdin and files lift the command line's size limit (a 10 MB payload does
+    not fit in an argument list).
+    """
+    if text == "-":
+        raw: str | bytes = sys.stdin.buffer.read()
+        where = "stdin"
+    elif text.startswith("@"):
+        path = text[1:]
         try:
-            run_at = datetime.fromisoformat(args.run_at)
-        except ValueError:
-            raise InvalidJobSpec("run_at", f"not an ISO 8601 time: {args.run_at!r}") from None
+            raw = Path(path).read_bytes()
+        except OSError as exc:
+            raise InvalidJobSpec("payload", f"cannot read {path}: {exc.strerror}") from None
+        where = path
+    else:
+        raw, where = text, ""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        source = f" ({where})" if where else ""
+        raise InvalidJobSpec("payload", f"not valid JSON{source}: {exc}") from None
+
+
+def _parse_run_at(text: str) -> datetime:
+    """An ISO 8601 time; a trailing ``Z`` is UTC (``fromisoformat`` refuses it before 3.11)."""
+    if text[-1:] in ("Z", "z"):
+        text = text[:-1] + "+00:00"
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidJobSpec("run_at", f"not an ISO 8601 time: {text!r}") from None
+
+
+async def _cmd_add(args: argparse.Namespace) -> int:
+    payload = _read_payload(args.payload)
+    run_at = _parse_run_at(args.run_at) if args.run_at else None
     async with WorkerUtils(_dsn(args), schema=args.schema) as utils:
-        job = await utils.add_job(
-            args.task,
-            payload,
-            queue_name=args.queue,
-            run_at=run_at,
-            job_key=args.job_key,
-            job_key_mode=args.job_key_mode,
-            priority=args.priority,
-            max_attempts=args.max_attempts,
-            flags=args.flags,
-        )
+        try:
+            job = await _add_job(utils, args, payload, run_at)
+        except InvalidJobSpec as exc:
+            if exc.field == "identifier":  # the API's name for what the CLI calls TASK
+                raise InvalidJobSpec("task", exc.message) from None
+            raise
     print(
         orjson.dumps(
             {
@@ -341,6 +393,22 @@ async def _cmd_add(args: argparse.Namespace) -> int:
         ).decode()
     )
     return 0
+
+
+async def _add_job(
+    utils: WorkerUtils, args: argparse.Namespace, payload: Any, run_at: datetime | None
+) -> Job:
+    return await utils.add_job(
+        args.task,
+        payload,
+        queue_name=args.queue,
+        run_at=run_at,
+        job_key=args.job_key,
+        job_key_mode=args.job_key_mode,
+        priority=args.priority,
+        max_attempts=args.max_attempts,
+        flags=args.flags,
+    )
 
 
 async def _cmd_cron(args: argparse.Namespace) -> int:
@@ -415,6 +483,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SchemaTooNew as exc:
         log.error("%s", exc)
         return EXIT_SCHEMA_TOO_NEW
+    except SchemaMissing as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE
+    except asyncpg.PostgresError as exc:
+        # Commands that query the schema directly (jobs, retry, unlock, ...)
+        # meet an unmigrated schema as a raw PostgreSQL error.
+        missing = schema_missing(exc, resolve_schema(getattr(args, "schema", None)))
+        if missing is None:
+            raise
+        log.error("%s", missing)
+        return EXIT_USAGE
     except TaskLoadError as exc:
         log.error("%s", exc)
         return EXIT_TASKS
