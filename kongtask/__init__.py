@@ -19,6 +19,7 @@ from .errors import (
 )
 from .events import EventEmitter
 from .helpers import Helpers
+from .logsetup import configure_logging
 from .migrate import MigrationResult
 from .tasks import TaskList, load_tasks
 from .worker import Runner, WorkerOptions, run, run_once
@@ -46,6 +47,7 @@ __all__ = [
     "WorkerOptions",
     "WorkerUtils",
     "__version__",
+    "configure_logging",
     "load_tasks",
     "parse_crontab",
     "quick_add_job",

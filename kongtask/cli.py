@@ -28,7 +28,7 @@ from ._core import IMPLEMENTATION
 from .client import Job, WorkerUtils
 from .config import resolve_schema
 from .dashboard import cli as dashboard_cli
-from .db import embedded_dsn, mask_dsn, resolve_dsn, schema_missing, scrub
+from .db import embedded_dsn, resolve_dsn, schema_missing, scrub
 from .errors import (
     ConfigError,
     CronSyntaxError,
@@ -38,6 +38,7 @@ from .errors import (
     SchemaTooNew,
     TaskLoadError,
 )
+from .logsetup import configure_logging
 from .supervisor import resolve_processes, supervise, without_processes
 
 EXIT_ERROR = 1
@@ -310,15 +311,6 @@ async def _cmd_run(args: argparse.Namespace) -> int:
             await metrics.stop()
         raise
     _tune_gc()
-    log.info(
-        "worker %s ready: %d task(s), concurrency %d, schema %r, %s (%s)",
-        runner.worker_id,
-        len(tasks),
-        args.concurrency,
-        runner.schema,
-        mask_dsn(dsn),
-        IMPLEMENTATION,
-    )
     try:
         return await runner.wait()
     finally:
@@ -470,9 +462,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return bench_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    try:
+        configure_logging(args.log_level)
+    except ConfigError as exc:
+        print(f"kongtask: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if args.command == "run" and args.processes is not None:
         # The supervisor is plain processes and signals: no event loop here.
         return supervise(without_processes(argv), args.processes)

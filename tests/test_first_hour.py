@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -294,3 +295,64 @@ async def test_missing_dependency_is_an_import_failure_not_a_missing_module(
 def test_load_tasks_api_names_a_missing_file(tmp_path: Path) -> None:
     with pytest.raises(kongtask.TaskLoadError, match="no such file or folder"):
         kongtask.load_tasks(str(tmp_path / "absent.py"))
+
+
+# ------------------------------------------------------------------ Quick start
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+QUICK_START_DSN = '"postgresql://postgres@127.0.0.1/app"'
+
+
+def quick_start_program() -> str:
+    """The README's Quick start program, exactly as written there."""
+    text = README.read_text()
+    section = text[text.index("## Quick start") :]
+    start = section.index("```python\n") + len("```python\n")
+    return section[start : section.index("```\n", start)]
+
+
+async def _read_until(stream: asyncio.StreamReader, needle: str, seen: list[str]) -> None:
+    while True:
+        line = (await stream.readline()).decode()
+        if not line:
+            raise AssertionError(f"exited before printing {needle!r}:\n" + "".join(seen))
+        seen.append(line)
+        if needle in line:
+            return
+
+
+async def test_quick_start_logs_and_stops_cleanly_on_ctrl_c(
+    database_url: str, schema: str, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    program = quick_start_program()
+    assert program.count(QUICK_START_DSN) == 1
+    # The test database instead of `app`; the schema from KONGTASK_SCHEMA, as a user's would.
+    (tmp_path / "quick_start.py").write_text(program.replace(QUICK_START_DSN, repr(database_url)))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(tmp_path / "quick_start.py"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "KONGTASK_SCHEMA": schema},
+    )
+    assert proc.stderr is not None
+    seen: list[str] = []
+    try:
+        await asyncio.wait_for(_read_until(proc.stderr, " ready: ", seen), 60)
+        await asyncio.wait_for(_read_until(proc.stderr, "sending to a@b.c", seen), 60)
+        workers = f"select count(*) from {quote_ident(schema)}._kongtask_workers"
+        assert await conn.fetchval(workers) == 1
+        proc.send_signal(signal.SIGINT)
+        _, rest = await asyncio.wait_for(proc.communicate(), 60)
+        seen.append(rest.decode())
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    err = "".join(seen)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert "received SIGINT" in err
+    assert await conn.fetchval(workers) == 0  # its worker row went with it
+    locked = f"select count(*) from {quote_ident(schema)}._private_jobs where locked_by is not null"
+    assert await conn.fetchval(locked) == 0
