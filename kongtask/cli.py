@@ -108,7 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--once", action="store_true", help="run due jobs, then exit")
     run.add_argument("--schema-only", action="store_true", help="migrate, then exit")
-    run.add_argument("--poll-interval", type=_positive_int, default=2000, metavar="MS")
+    run.add_argument(
+        "--poll-interval",
+        type=_positive_int,
+        default=2000,
+        metavar="MS",
+        help="look for jobs this often when no notification came (default 2000)",
+    )
     run.add_argument(
         "--local-queue-size",
         type=_positive_int,
@@ -131,15 +137,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="a direct connection for LISTEN when -c goes through a transaction-pooling "
         "PgBouncer (with --no-prepared-statements and no --listen-dsn the pool polls)",
     )
-    run.add_argument("--complete-batch-delay", type=float, default=2.0, metavar="MS")
+    run.add_argument(
+        "--complete-batch-delay",
+        type=float,
+        default=2.0,
+        metavar="MS",
+        help="how long finished jobs wait to be written together (default 2; 0: next loop turn)",
+    )
     run.add_argument(
         "--no-prepared-statements",
         action="store_true",
         help="for PgBouncer in transaction pooling mode",
     )
-    run.add_argument("--max-pool-size", type=_positive_int, metavar="N")
-    run.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="S")
-    run.add_argument("--forbidden-flag", action="append", default=[], metavar="FLAG")
+    run.add_argument(
+        "--max-pool-size",
+        type=_positive_int,
+        metavar="N",
+        help="connections in the pool, at least 5 (default: min(concurrency, 20), at least 6); "
+        "LISTEN uses one more",
+    )
+    run.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="after SIGINT/SIGTERM, fail jobs still running after S seconds (default 30)",
+    )
+    run.add_argument(
+        "--forbidden-flag",
+        action="append",
+        default=[],
+        metavar="FLAG",
+        help="skip jobs carrying this flag (repeatable)",
+    )
     run.add_argument(
         "--crontab", metavar="FILE", help="crontab file (default: ./crontab if it exists)"
     )
@@ -155,20 +185,31 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PORT",
         help="serve Prometheus /metrics here (process i of --processes uses PORT+i)",
     )
-    run.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST")
+    run.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="address for --metrics-port (default 127.0.0.1)",
+    )
     run.add_argument(
         "--job-timeout",
         type=float,
         metavar="S",
         help="fail (and retry) jobs running longer than this",
     )
-    run.add_argument("--heartbeat-interval", type=float, default=5.0, metavar="S")
+    run.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="how often the pool marks itself alive (default 5)",
+    )
     run.add_argument(
         "--dead-worker-timeout",
         type=float,
         default=30.0,
         metavar="S",
-        help="free the jobs of pools silent for this long",
+        help="free the jobs of pools silent for this long (default 30)",
     )
 
     mig = commands.add_parser("migrate", help="install or check the schema")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -356,3 +357,22 @@ async def test_quick_start_logs_and_stops_cleanly_on_ctrl_c(
     assert await conn.fetchval(workers) == 0  # its worker row went with it
     locked = f"select count(*) from {quote_ident(schema)}._private_jobs where locked_by is not null"
     assert await conn.fetchval(locked) == 0
+
+
+def test_readme_crontab_example_needs_no_extra_package() -> None:
+    """The README's crontab parses with what its install line installs (no json5)."""
+    text = README.read_text()
+    section = text[text.index("## Cron") :]
+    start = section.index("```\n") + len("```\n")
+    crontab = section[start : section.index("```\n", start)]
+    code = (
+        "import sys; sys.modules['json5'] = None\n"
+        "import kongtask\n"
+        "items = kongtask.parse_crontab(sys.stdin.read())\n"
+        "print(sorted(item.task for item in items))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], input=crontab, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['refresh_cache', 'send_report']"
