@@ -376,3 +376,26 @@ def test_readme_crontab_example_needs_no_extra_package() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "['refresh_cache', 'send_report']"
+
+
+@pytest.mark.parametrize(
+    ("version", "said"),
+    [
+        ((3, 12, 0, "final", 0), "pip install 'kongtask[embedded]'"),
+        ((3, 13, 0, "final", 0), "has no build for Python 3.13"),
+    ],
+)
+def test_no_database_and_no_embedded_server_says_what_to_do(
+    monkeypatch: pytest.MonkeyPatch, version: tuple[int, ...], said: str
+) -> None:
+    """On 3.13 `[embedded]` installs nothing, so telling the user to install it is wrong."""
+    from collections import namedtuple
+
+    from kongtask import db
+
+    VersionInfo = namedtuple("VersionInfo", "major minor micro releaselevel serial")
+    monkeypatch.setitem(sys.modules, "pgserver", None)  # import fails: not installed
+    monkeypatch.setattr(db.sys, "version_info", VersionInfo(*version))
+    with pytest.raises(kongtask.ConfigError, match="no database configured") as info:
+        db.embedded_dsn()
+    assert said in str(info.value)
