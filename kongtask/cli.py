@@ -1,10 +1,11 @@
 """``kongtask`` command line: a thin front end; every command calls the library.
 
-Exit codes: 0 success; 1 unexpected error; 2 bad usage, configuration or
-input (a DSN that does not parse, a schema ``kongtask migrate`` never installed);
-3 the database cannot be reached; 4 tasks failed to load; 57 the
-schema holds a breaking migration newer than this kongtask (graphile-worker
-uses the same code).
+Exit codes (README's CLI section is the user's copy): 0 success; 1 unexpected
+error; 2 bad usage, configuration or input (a DSN that does not parse, a schema
+``kongtask migrate`` never installed); 3 the database cannot be reached; 4
+tasks failed to load; 5 (retry/remove/unlock, inspect_cli) some given jobs were
+skipped; 57 the schema holds a breaking migration newer than this kongtask
+(graphile-worker uses the same code); 130 interrupted outside ``run``.
 """
 
 from __future__ import annotations
