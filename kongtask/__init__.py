@@ -12,12 +12,14 @@ from .errors import (
     InvalidJobSpec,
     KongtaskError,
     SchemaError,
+    SchemaMissing,
     SchemaTooNew,
     SchemaTooOld,
     TaskLoadError,
 )
 from .events import EventEmitter
 from .helpers import Helpers
+from .logsetup import configure_logging
 from .migrate import MigrationResult
 from .tasks import TaskList, load_tasks
 from .worker import Runner, WorkerOptions, run, run_once
@@ -37,6 +39,7 @@ __all__ = [
     "MigrationResult",
     "Runner",
     "SchemaError",
+    "SchemaMissing",
     "SchemaTooNew",
     "SchemaTooOld",
     "TaskList",
@@ -44,6 +47,7 @@ __all__ = [
     "WorkerOptions",
     "WorkerUtils",
     "__version__",
+    "configure_logging",
     "load_tasks",
     "parse_crontab",
     "quick_add_job",

@@ -1,9 +1,11 @@
 """``kongtask`` command line: a thin front end; every command calls the library.
 
-Exit codes: 0 success; 1 unexpected error; 2 bad usage, configuration or
-input; 3 the database cannot be reached; 4 tasks failed to load; 57 the
-schema holds a breaking migration newer than this kongtask (graphile-worker
-uses the same code).
+Exit codes (README's CLI section is the user's copy): 0 success; 1 unexpected
+error; 2 bad usage, configuration or input (a DSN that does not parse, a schema
+``kongtask migrate`` never installed); 3 the database cannot be reached; 4
+tasks failed to load; 5 (retry/remove/unlock, inspect_cli) some given jobs were
+skipped; 57 the schema holds a breaking migration newer than this kongtask
+(graphile-worker uses the same code); 130 interrupted outside ``run``.
 """
 
 from __future__ import annotations
@@ -19,21 +21,25 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import orjson
 
 from . import __version__, inspect_cli
 from ._core import IMPLEMENTATION
-from .client import WorkerUtils
+from .client import Job, WorkerUtils
+from .config import resolve_schema
 from .dashboard import cli as dashboard_cli
-from .db import embedded_dsn, mask_dsn, resolve_dsn, scrub
+from .db import embedded_dsn, resolve_dsn, schema_missing, scrub
 from .errors import (
     ConfigError,
     CronSyntaxError,
     InvalidJobSpec,
     KongtaskError,
+    SchemaMissing,
     SchemaTooNew,
     TaskLoadError,
 )
+from .logsetup import configure_logging
 from .migrate import MigrationResult
 from .supervisor import resolve_processes, supervise, without_processes
 
@@ -91,8 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--tasks",
         metavar="MODULE_OR_DIR",
-        help="module exposing a TaskList/dict, a .py file, or a folder of task "
-        "files (default: ./tasks)",
+        help="module exposing a TaskList/dict (imported from the current folder "
+        "first), a .py file, or a folder of task files (default: ./tasks/, else ./tasks.py)",
     )
     run.add_argument(
         "-j",
@@ -104,7 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--once", action="store_true", help="run due jobs, then exit")
     run.add_argument("--schema-only", action="store_true", help="migrate, then exit")
-    run.add_argument("--poll-interval", type=_positive_int, default=2000, metavar="MS")
+    run.add_argument(
+        "--poll-interval",
+        type=_positive_int,
+        default=2000,
+        metavar="MS",
+        help="look for jobs this often when no notification came (default 2000)",
+    )
     run.add_argument(
         "--local-queue-size",
         type=_positive_int,
@@ -127,15 +139,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="a direct connection for LISTEN when -c goes through a transaction-pooling "
         "PgBouncer (with --no-prepared-statements and no --listen-dsn the pool polls)",
     )
-    run.add_argument("--complete-batch-delay", type=float, default=2.0, metavar="MS")
+    run.add_argument(
+        "--complete-batch-delay",
+        type=float,
+        default=2.0,
+        metavar="MS",
+        help="how long finished jobs wait to be written together (default 2; 0: next loop turn)",
+    )
     run.add_argument(
         "--no-prepared-statements",
         action="store_true",
         help="for PgBouncer in transaction pooling mode",
     )
-    run.add_argument("--max-pool-size", type=_positive_int, metavar="N")
-    run.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="S")
-    run.add_argument("--forbidden-flag", action="append", default=[], metavar="FLAG")
+    run.add_argument(
+        "--max-pool-size",
+        type=_positive_int,
+        metavar="N",
+        help="connections in the pool, at least 5 (default: min(concurrency, 20), at least 6); "
+        "LISTEN uses one more",
+    )
+    run.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="after SIGINT/SIGTERM, fail jobs still running after S seconds (default 30)",
+    )
+    run.add_argument(
+        "--forbidden-flag",
+        action="append",
+        default=[],
+        metavar="FLAG",
+        help="skip jobs carrying this flag (repeatable)",
+    )
     run.add_argument(
         "--crontab", metavar="FILE", help="crontab file (default: ./crontab if it exists)"
     )
@@ -151,20 +187,31 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PORT",
         help="serve Prometheus /metrics here (process i of --processes uses PORT+i)",
     )
-    run.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST")
+    run.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="address for --metrics-port (default 127.0.0.1)",
+    )
     run.add_argument(
         "--job-timeout",
         type=float,
         metavar="S",
         help="fail (and retry) jobs running longer than this",
     )
-    run.add_argument("--heartbeat-interval", type=float, default=5.0, metavar="S")
+    run.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="how often the pool marks itself alive (default 5)",
+    )
     run.add_argument(
         "--dead-worker-timeout",
         type=float,
         default=30.0,
         metavar="S",
-        help="free the jobs of pools silent for this long",
+        help="free the jobs of pools silent for this long (default 30)",
     )
 
     mig = commands.add_parser("migrate", help="install or check the schema")
@@ -173,7 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     add = commands.add_parser("add", help="add a job")
     _add_connection_args(add)
     add.add_argument("task")
-    add.add_argument("payload", nargs="?", default="{}", help="JSON payload (default {})")
+    add.add_argument(
+        "payload",
+        nargs="?",
+        default="{}",
+        help="JSON payload (default {}); - reads it from stdin, @FILE from a file",
+    )
     add.add_argument("--queue")
     add.add_argument("--run-at", metavar="ISO8601")
     add.add_argument("--job-key")
@@ -222,6 +274,26 @@ def _tune_gc() -> None:
     gc.set_threshold(threshold, middle, old)
 
 
+def _default_tasks() -> str | None:
+    """``./tasks/`` (a folder of task files), else ``./tasks.py``, else nothing."""
+    if Path("tasks").is_dir():
+        return "tasks"
+    if Path("tasks.py").is_file():
+        return "tasks.py"
+    return None
+
+
+def _import_from_cwd() -> None:
+    """Make ``--tasks myapp.tasks`` find ``./myapp`` as ``python -m kongtask`` would.
+
+    The ``kongtask`` console script starts with its own folder on ``sys.path``,
+    not the current one, so a project's package was not importable from it.
+    """
+    cwd = os.getcwd()
+    if "" not in sys.path and cwd not in sys.path:
+        sys.path.insert(0, cwd)
+
+
 def _read_crontab(path: str) -> list[Any]:
     """The crontab ``run`` was given; an unreadable file is bad input (exit 2), one line.
 
@@ -246,9 +318,10 @@ async def _cmd_run(args: argparse.Namespace) -> int:
         async with WorkerUtils(dsn, schema=args.schema) as utils:
             _print_migration(await utils.migrate())
         return 0
-    spec = args.tasks or ("tasks" if Path("tasks").is_dir() else None)
+    spec = args.tasks or _default_tasks()
     if spec is None:
-        raise TaskLoadError("no --tasks given and no ./tasks folder here")
+        raise TaskLoadError("no --tasks given, and no ./tasks folder or ./tasks.py here")
+    _import_from_cwd()
     tasks = load_tasks(spec)
     crontab_file = args.crontab or ("crontab" if Path("crontab").is_file() else None)
     crontab = _read_crontab(crontab_file) if crontab_file else None
@@ -290,15 +363,6 @@ async def _cmd_run(args: argparse.Namespace) -> int:
             await metrics.stop()
         raise
     _tune_gc()
-    log.info(
-        "worker %s ready: %d task(s), concurrency %d, schema %r, %s (%s)",
-        runner.worker_id,
-        len(tasks),
-        args.concurrency,
-        runner.schema,
-        mask_dsn(dsn),
-        IMPLEMENTATION,
-    )
     try:
         return await runner.wait()
     finally:
@@ -329,29 +393,51 @@ def _print_migration(result: MigrationResult) -> None:
     )
 
 
-async def _cmd_add(args: argparse.Namespace) -> int:
-    try:
-        payload = orjson.loads(args.payload)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidJobSpec("payload", f"not valid JSON: {exc}") from None
-    run_at = None
-    if args.run_at:
+def _read_payload(text: str) -> Any:
+    """The payload argument: JSON text, ``-`` for stdin, or ``@FILE``.
+
+    Stdin and files lift the command line's size limit (a 10 MB payload does
+    not fit in an argument list).
+    """
+    if text == "-":
+        raw: str | bytes = sys.stdin.buffer.read()
+        where = "stdin"
+    elif text.startswith("@"):
+        path = text[1:]
         try:
-            run_at = datetime.fromisoformat(args.run_at)
-        except ValueError:
-            raise InvalidJobSpec("run_at", f"not an ISO 8601 time: {args.run_at!r}") from None
+            raw = Path(path).read_bytes()
+        except OSError as exc:
+            raise InvalidJobSpec("payload", f"cannot read {path}: {exc.strerror}") from None
+        where = path
+    else:
+        raw, where = text, ""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        source = f" ({where})" if where else ""
+        raise InvalidJobSpec("payload", f"not valid JSON{source}: {exc}") from None
+
+
+def _parse_run_at(text: str) -> datetime:
+    """An ISO 8601 time; a trailing ``Z`` is UTC (``fromisoformat`` refuses it before 3.11)."""
+    if text[-1:] in ("Z", "z"):
+        text = text[:-1] + "+00:00"
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidJobSpec("run_at", f"not an ISO 8601 time: {text!r}") from None
+
+
+async def _cmd_add(args: argparse.Namespace) -> int:
+    payload = _read_payload(args.payload)
+    run_at = _parse_run_at(args.run_at) if args.run_at else None
     async with WorkerUtils(_dsn(args), schema=args.schema) as utils:
-        job = await utils.add_job(
-            args.task,
-            payload,
-            queue_name=args.queue,
-            run_at=run_at,
-            job_key=args.job_key,
-            job_key_mode=args.job_key_mode,
-            priority=args.priority,
-            max_attempts=args.max_attempts,
-            flags=args.flags,
-        )
+        try:
+            job = await _add_job(utils, args, payload, run_at)
+        except InvalidJobSpec as exc:
+            if exc.field == "identifier":  # the API's name for what the CLI calls TASK
+                raise InvalidJobSpec("task", exc.message) from None
+            raise
     print(
         orjson.dumps(
             {
@@ -363,6 +449,22 @@ async def _cmd_add(args: argparse.Namespace) -> int:
         ).decode()
     )
     return 0
+
+
+async def _add_job(
+    utils: WorkerUtils, args: argparse.Namespace, payload: Any, run_at: datetime | None
+) -> Job:
+    return await utils.add_job(
+        args.task,
+        payload,
+        queue_name=args.queue,
+        run_at=run_at,
+        job_key=args.job_key,
+        job_key_mode=args.job_key_mode,
+        priority=args.priority,
+        max_attempts=args.max_attempts,
+        flags=args.flags,
+    )
 
 
 async def _cmd_cron(args: argparse.Namespace) -> int:
@@ -424,9 +526,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return bench_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    try:
+        configure_logging(args.log_level)
+    except ConfigError as exc:
+        print(f"kongtask: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if args.command == "run" and args.processes is not None:
         # The supervisor is plain processes and signals: no event loop here.
         return supervise(without_processes(argv), args.processes)
@@ -437,6 +541,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SchemaTooNew as exc:
         log.error("%s", exc)
         return EXIT_SCHEMA_TOO_NEW
+    except SchemaMissing as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE
+    except asyncpg.PostgresError as exc:
+        # Commands that query the schema directly (jobs, retry, unlock, ...)
+        # meet an unmigrated schema as a raw PostgreSQL error.
+        missing = schema_missing(exc, resolve_schema(getattr(args, "schema", None)))
+        if missing is None:
+            raise
+        log.error("%s", missing)
+        return EXIT_USAGE
     except TaskLoadError as exc:
         log.error("%s", exc)
         return EXIT_TASKS

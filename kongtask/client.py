@@ -10,7 +10,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Literal, TypeAlias
 
 import asyncpg
@@ -18,7 +18,7 @@ import asyncpg
 from . import migrate as _migrate
 from ._core import decode, dispatch, payload
 from .config import resolve_schema
-from .db import create_pool, mask_dsn, resolve_dsn
+from .db import create_pool, mask_dsn, resolve_dsn, schema_missing
 from .errors import InvalidJobSpec
 from .gcpause import paused_gc
 from .queries import Queries
@@ -47,11 +47,17 @@ Executor: TypeAlias = "asyncpg.Pool | asyncpg.Connection"
 
 
 @contextmanager
-def _user_errors() -> Iterator[None]:
-    """Re-raise a database rejection of user input as the kongtask error naming the field."""
+def _user_errors(schema: str) -> Iterator[None]:
+    """Re-raise a database rejection of user input as the kongtask error naming the field.
+
+    A schema never migrated becomes :class:`SchemaMissing`, naming it and the fix.
+    """
     try:
         yield
     except asyncpg.PostgresError as exc:
+        missing = schema_missing(exc, schema)
+        if missing is not None:
+            raise missing from None
         translated = _translate(exc)
         if translated is exc:
             raise
@@ -68,6 +74,35 @@ def _translate(exc: asyncpg.PostgresError) -> Exception:
     if isinstance(exc, asyncpg.DataError | asyncpg.InvalidTextRepresentationError):
         return InvalidJobSpec("specs", str(exc))
     return exc
+
+
+#: The aware datetimes asyncpg sends as PostgreSQL's ``-infinity`` and ``infinity``.
+_MIN_UTC = datetime.min.replace(tzinfo=timezone.utc)
+_MAX_UTC = datetime.max.replace(tzinfo=timezone.utc)
+
+
+def _storable_run_at(run_at: datetime | None) -> datetime | None:
+    """``run_at`` as the aware datetime to bind, refused unless PostgreSQL stores it as is.
+
+    asyncpg binds Python's smallest and largest datetimes as ``-infinity`` and
+    ``infinity`` (a job that would then break ``kongtask jobs`` and the metrics),
+    and a time whose UTC value falls outside Python's range fails inside asyncpg
+    with an error that names only ``$4``. Both are refused here, by name.
+    """
+    aware = payload.encode_run_at(run_at)
+    if aware is None:
+        return None
+    try:
+        utc = aware.astimezone(timezone.utc)
+    except OverflowError:
+        utc = None
+    if utc is None or utc <= _MIN_UTC or utc >= _MAX_UTC:
+        raise InvalidJobSpec(
+            "run_at",
+            f"{aware.isoformat()} is outside the times kongtask can store "
+            "(after 0001-01-01T00:00:00Z and before 9999-12-31T23:59:59.999999Z)",
+        )
+    return aware
 
 
 _TASK_ID = operator.itemgetter(decode.STORED_COLUMNS.index("task_id"))
@@ -137,7 +172,7 @@ class WorkerUtils:
 
     async def _fetch_jobs(self, sql: str, *args: Any) -> list[Job]:
         executor = await self._ensure()
-        with _user_errors():
+        with _user_errors(self.schema):
             rows = await executor.fetch(sql, *args)
         return decode.decode_jobs(rows)
 
@@ -184,7 +219,7 @@ class WorkerUtils:
             identifier,
             payload.encode_payload(payload_value),
             queue_name,
-            payload.encode_run_at(run_at),
+            _storable_run_at(run_at),
             max_attempts,
             job_key,
             priority,
@@ -213,7 +248,7 @@ class WorkerUtils:
     async def _add_jobs_on(
         self, conn: asyncpg.Connection, encoded: str, preserve_run_at: bool
     ) -> list[Job]:
-        with _user_errors():
+        with _user_errors(self.schema):
             rows = await conn.fetch(self.queries.add_jobs, encoded, preserve_run_at)
             tasks = set(map(_TASK_ID, rows)) - self._task_names.keys()
             queues = set(map(_QUEUE_ID, rows)) - self._queue_names.keys()
@@ -243,7 +278,7 @@ class WorkerUtils:
         if not specs:
             return 0
         executor = await self._ensure()
-        with _user_errors():
+        with _user_errors(self.schema):
             count = await executor.fetchval(
                 self.queries.add_jobs_count, payload.encode_specs(specs), job_key_preserve_run_at
             )
@@ -281,7 +316,7 @@ class WorkerUtils:
         return await self._fetch_jobs(
             self.queries.reschedule_jobs,
             list(ids),
-            payload.encode_run_at(run_at),
+            _storable_run_at(run_at),
             priority,
             attempts,
             max_attempts,

@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
-from .errors import ConfigError
+from .errors import ConfigError, SchemaMissing
 
 #: What a lost connection, a server restart or a failed statement raises:
 #: the errors a pool's loops survive by retrying (anything else is a bug).
@@ -96,6 +97,14 @@ def embedded_dsn() -> str:
     try:
         import pgserver
     except ImportError as exc:
+        if sys.version_info >= (3, 13):
+            # The extra installs nothing here (pgserver has no wheel for 3.13+):
+            # telling the user to install it would send them round in a circle.
+            raise ConfigError(
+                "no database configured (pass a DSN with -c, set DATABASE_URL or PG* "
+                "variables): the embedded server (pgserver) has no build for Python "
+                f"{sys.version_info.major}.{sys.version_info.minor}"
+            ) from exc
         raise ConfigError(
             "no database configured (pass a DSN, set DATABASE_URL or PG* variables) "
             "and the embedded server is not installed: pip install 'kongtask[embedded]'"
@@ -122,10 +131,37 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def _bad_dsn(dsn: str | None, exc: Exception) -> ConfigError:
+    """A DSN asyncpg cannot parse: bad input (exit 2), not an unreachable server."""
+    return ConfigError(f"DSN {mask_dsn(dsn)!r} is not valid: {scrub(str(exc), dsn)}")
+
+
+def schema_missing(exc: BaseException, schema: str) -> SchemaMissing | None:
+    """``exc`` as :class:`SchemaMissing` when it says ``schema`` was never migrated.
+
+    PostgreSQL says ``schema "x" does not exist`` (3F000) for an absent schema,
+    and ``relation "x._private_jobs" does not exist`` (42P01) or an unknown
+    function (42883) for a schema that exists without kongtask's tables; the
+    latter two count only when they name this schema, so an unrelated bug is
+    not disguised as a missing migration.
+    """
+    if not isinstance(exc, asyncpg.PostgresError):
+        return None
+    if isinstance(exc, asyncpg.InvalidSchemaNameError):
+        return SchemaMissing(schema)
+    if isinstance(exc, asyncpg.UndefinedTableError | asyncpg.UndefinedFunctionError):
+        text = str(exc)
+        if f"{schema}." in text or f'"{schema}"' in text:
+            return SchemaMissing(schema)
+    return None
+
+
 async def connect(dsn: str | None, **kwargs: Any) -> asyncpg.Connection:
     """One connection, with errors that never show the password."""
     try:
         return await asyncpg.connect(dsn or None, **kwargs)
+    except ValueError as exc:  # asyncpg's DSN parser (ClientConfigurationError, a bad port)
+        raise _bad_dsn(dsn, exc) from None
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise ConnectionError(
             f"cannot connect to {mask_dsn(dsn)}: {scrub(str(exc), dsn)}"
@@ -147,6 +183,8 @@ async def create_pool(
         pool = await asyncpg.create_pool(
             dsn or None, min_size=min_size, max_size=max_size, **kwargs
         )
+    except ValueError as exc:  # asyncpg's DSN parser (ClientConfigurationError, a bad port)
+        raise _bad_dsn(dsn, exc) from None
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise ConnectionError(
             f"cannot connect to {mask_dsn(dsn)}: {scrub(str(exc), dsn)}"

@@ -6,6 +6,8 @@ the same exception types as the rest of the package.
 
 from __future__ import annotations
 
+import shlex
+
 
 class KongtaskError(Exception):
     """Base class of every error kongtask raises on purpose."""
@@ -64,6 +66,21 @@ class SchemaTooNew(SchemaError):
     """The database holds a breaking migration newer than this kongtask knows."""
 
     exit_code = 57
+
+
+class SchemaMissing(SchemaError):
+    """The schema is absent or holds no kongtask tables: ``migrate`` was never run on it.
+
+    The usual first-hour mistake (a command before ``kongtask migrate``, or a
+    mistyped ``-s``), so it gets one line naming the schema and the fix.
+    """
+
+    def __init__(self, schema: str) -> None:
+        super().__init__(
+            f"schema {schema!r} is not installed in this database: "
+            f"run `kongtask migrate -s {shlex.quote(schema)}` first (or check the schema name)"
+        )
+        self.schema = schema
 
 
 class SchemaTooOld(SchemaError):

@@ -6,6 +6,7 @@ import importlib
 import importlib.util
 import inspect
 import sys
+import traceback
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -128,12 +129,50 @@ def load_tasks(spec: str) -> TaskList:
         return _load_directory(path)
     if path.suffix == ".py" and path.is_file():
         module = _import_file(path, f"kongtask_tasks_{abs(hash(path.resolve()))}")
+    elif path.suffix == ".py" or "/" in spec or "\\" in spec or not _is_dotted_name(spec):
+        # A path that is not there: importlib would only say something unrelated.
+        raise TaskLoadError(f"tasks {spec!r}: no such file or folder")
     else:
         try:
             module = importlib.import_module(spec)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and (spec == exc.name or spec.startswith(exc.name + ".")):
+                raise TaskLoadError(
+                    f"tasks {spec!r}: no such file, folder or module "
+                    f"(no module {exc.name!r} in {sys.path[0] or '.'!r} or the installed packages)"
+                ) from None
+            raise TaskLoadError(_import_failure(f"task module {spec!r}", exc)) from exc
         except Exception as exc:
-            raise TaskLoadError(f"cannot import task module {spec!r}: {exc!r}") from exc
+            raise TaskLoadError(_import_failure(f"task module {spec!r}", exc)) from exc
     return _tasks_from_module(module, spec)
+
+
+def _is_dotted_name(spec: str) -> bool:
+    return bool(spec) and all(part.isidentifier() for part in spec.split("."))
+
+
+#: Frames of a failed import shown to the user: enough to find the line, short
+#: enough to read at a glance (the full traceback is in the exception's cause).
+IMPORT_FRAMES = 3
+
+
+def _import_failure(what: str, exc: BaseException) -> str:
+    """``what failed to import: Type: message`` and the failing frames, file and line.
+
+    importlib's own frames are left out: they are the same for every import and
+    say nothing about the user's code.
+    """
+    frames = [
+        frame
+        for frame in traceback.extract_tb(exc.__traceback__)
+        if not frame.filename.startswith("<frozen ")
+        and frame.filename not in (__file__, importlib.__file__)
+    ][-IMPORT_FRAMES:]
+    lines = [f"{what} failed to import: {type(exc).__name__}: {exc}"]
+    for frame in frames:
+        code = f": {frame.line.strip()}" if frame.line else ""
+        lines.append(f"  {frame.filename}, line {frame.lineno}, in {frame.name}{code}")
+    return "\n".join(lines)
 
 
 def _import_file(path: Path, name: str) -> Any:
@@ -146,7 +185,7 @@ def _import_file(path: Path, name: str) -> Any:
         module_spec.loader.exec_module(module)
     except Exception as exc:
         sys.modules.pop(name, None)
-        raise TaskLoadError(f"task file {path} failed to import: {exc!r}") from exc
+        raise TaskLoadError(_import_failure(f"task file {path}", exc)) from exc
     return module
 
 

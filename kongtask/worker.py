@@ -23,7 +23,7 @@ from typing import Any, Literal
 import asyncpg
 
 from . import migrate as _migrate
-from ._core import decode, dispatch
+from ._core import IMPLEMENTATION, decode, dispatch
 from .client import WorkerUtils
 from .completion import Completer
 from .config import resolve_schema
@@ -223,6 +223,17 @@ class Runner:
             self._install_signals()
         self.events.emit("worker:create", {"worker_id": self.worker_id})
         self.ready.set()
+        # The one line that says the pool works: tests and process managers wait
+        # for it, and a program that configured logging shows it to its user.
+        self.log.info(
+            "worker %s ready: %d task(s), concurrency %d, schema %r, %s (%s)",
+            self.worker_id,
+            len(self.tasks),
+            opts.concurrency,
+            self.schema,
+            "a given pool" if self._given_pool is not None else mask_dsn(self._dsn),
+            IMPLEMENTATION,
+        )
         return self
 
     def _build(

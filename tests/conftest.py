@@ -1,8 +1,11 @@
 """Shared fixtures: a real PostgreSQL, a fresh schema per test, uvloop.
 
-The database is ``TEST_DATABASE_URL``, else the server on 127.0.0.1:5432,
-else the embedded one (``pgserver``). Tests run in a database of their own
-(``kongtask_test``) so they never touch anything else on the server.
+The database is the one ``TEST_DATABASE_URL`` names, used as it is. Without it,
+the tests make a database of their own (``kongtask_test``) on the server at
+127.0.0.1:5432, else on the embedded one (``pgserver``). Each test works in a
+schema of its own, dropped afterwards. Nothing here restarts, reconfigures or
+fills a server: tests that must do that start a private cluster
+(``tests/pgcluster.py``).
 """
 
 from __future__ import annotations
@@ -102,9 +105,7 @@ def _local_server_answers() -> bool:
 
 
 def _server_dsn() -> str:
-    explicit = os.environ.get("TEST_DATABASE_URL")
-    if explicit:
-        return explicit
+    """The server to make ``kongtask_test`` on when no TEST_DATABASE_URL is given."""
     if _local_server_answers():
         return "postgresql://postgres@127.0.0.1:5432/postgres"
     return embedded_dsn()
@@ -120,7 +121,11 @@ def _with_database(dsn: str, database: str) -> str:
 
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
-    """DSN of the test database, created once per session."""
+    """DSN of the test database: TEST_DATABASE_URL's, else ``kongtask_test``, made once."""
+    explicit = os.environ.get("TEST_DATABASE_URL")
+    if explicit:
+        yield explicit
+        return
     server = _server_dsn()
 
     async def create() -> None:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import shutil
-import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,7 +16,9 @@ import kongtask
 from kongtask import InvalidJobSpec, JobSpec, WorkerUtils
 from kongtask.db import quote_ident
 
+from . import pgcluster
 from .conftest import spawn_kongtask
+from .interop.support import in_ci
 from .test_worker import Recorder, _jobs, _locked_rows
 
 SLOW_TASKS = """
@@ -276,40 +276,27 @@ async def test_password_never_reaches_logs_or_reprs(
     assert all(secret not in record.getMessage() for record in caplog.records)
 
 
-def _cluster() -> tuple[str, str] | None:
-    """(version, name) of the local Debian PostgreSQL cluster, if we may restart it."""
-    if (
-        os.geteuid() != 0
-        or not shutil.which("pg_ctlcluster")
-        or os.environ.get("TEST_DATABASE_URL")
-    ):
-        return None
-    versions = sorted(os.listdir("/etc/postgresql")) if os.path.isdir("/etc/postgresql") else []
-    return (versions[-1], "main") if versions else None
+@pytest.fixture
+def outage_cluster() -> Iterator[pgcluster.Cluster]:
+    """A private server this test may stop and start: never the suite's own server."""
+    problem = pgcluster.available()
+    if problem is not None:
+        if in_ci():
+            pytest.fail(f"the outage test must run in CI: {problem}", pytrace=False)
+        pytest.skip(problem)
+    with pgcluster.private_cluster() as cluster:
+        yield cluster
 
 
-def _pg_ctl(action: str) -> None:
-    cluster = _cluster()
-    assert cluster is not None
-    subprocess.run(
-        [
-            "pg_ctlcluster",
-            "--skip-systemctl-redirect",
-            *cluster,
-            action,
-            *(["-m", "fast"] if action != "start" else []),
-        ],
-        check=True,
-        capture_output=True,
-    )
-
-
-@pytest.mark.skipif(_cluster() is None, reason="needs the local Debian cluster and root")
 async def test_pool_survives_database_outage(
-    database_url: str, utils: WorkerUtils, caplog: pytest.LogCaptureFixture
+    outage_cluster: pgcluster.Cluster, caplog: pytest.LogCaptureFixture
 ) -> None:
     n = 2000
-    await utils.add_jobs_count([JobSpec("o", {"i": i}) for i in range(n)])
+    database_url = outage_cluster.dsn
+    schema = "outage"
+    async with WorkerUtils(database_url, schema=schema) as utils:
+        await utils.migrate()
+        await utils.add_jobs_count([JobSpec("o", {"i": i}) for i in range(n)])
     seen: set[int] = set()
     rec = Recorder()
 
@@ -322,18 +309,18 @@ async def test_pool_survives_database_outage(
     runner = await kongtask.run(
         database_url,
         {"o": handler},
-        schema=utils.schema,
+        schema=schema,
         concurrency=4,
         local_queue_size=8,
         poll_interval=0.5,
     )
     try:
         await rec.wait_for(200, timeout=60)
-        await asyncio.to_thread(_pg_ctl, "stop")
+        await asyncio.to_thread(outage_cluster.stop)
         try:
             await asyncio.sleep(5)  # the outage itself: nothing to await but time
         finally:
-            await asyncio.to_thread(_pg_ctl, "start")
+            await asyncio.to_thread(outage_cluster.start)
         await rec.wait_for(n, timeout=120)
     finally:
         await runner.stop()
@@ -341,9 +328,6 @@ async def test_pool_survives_database_outage(
     assert 1 <= len(fetch_failures) <= 3  # one line per state change, not per retry
     conn = await asyncpg.connect(database_url)
     try:
-        assert (
-            await conn.fetchval(f"select count(*) from {quote_ident(utils.schema)}._private_jobs")
-            == 0
-        )
+        assert await conn.fetchval(f"select count(*) from {quote_ident(schema)}._private_jobs") == 0
     finally:
         await conn.close()

@@ -514,7 +514,8 @@ async def test_killed_worker_connections_lose_no_job(
             await rec.wait_for(threshold, timeout=60)
             killed += await conn.fetchval(
                 "select count(pg_terminate_backend(pid)) from pg_stat_activity "
-                "where application_name = 'kongtask-test-victim'"
+                "where application_name = 'kongtask-test-victim' "
+                "and datname = current_database()"
             )
         return killed
 
