@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from kongtask.db import embedded_dsn, mask_dsn, resolve_dsn, scrub
+from kongtask.db import EmbeddedServer, mask_dsn, resolve_dsn, scrub, start_embedded
 from kongtask.errors import ConfigError
 
 from . import cpu, database, payload, report, spawn
@@ -440,6 +440,10 @@ async def run_step(
                 for _ in range(sizes.spawn_samples)
             ]
             result[f"spawn_floor_{what}_ms"] = rnd(median(floor))
+        if result.get("spawn_floor_libraries_ms") is not None:
+            result["spawn_over_floor_ms"] = rnd(
+                result["spawn_to_ready_ms"] - result["spawn_floor_libraries_ms"]
+            )
     return result
 
 
@@ -538,13 +542,33 @@ def _masked_argv(argv: Sequence[str]) -> list[str]:
     return [mask_dsn(a) if "://" in a or "password" in a.lower() else a for a in argv]
 
 
+def _embedded_notes(server: EmbeddedServer) -> list[str]:
+    """What a user should know about the embedded server the bench is about to use."""
+    notes = [f"embedded PostgreSQL: data in {server.folder}"]
+    if server.os_user is not None:
+        notes.append(
+            f"running as root, so PostgreSQL runs as the OS user {server.os_user!r} "
+            "(pgserver creates it if missing)"
+        )
+    if server.stops_at_exit:
+        notes.append("this bench started it and stops it when it ends")
+    else:
+        notes.append(
+            f"it was already running and is left running; stop it with: {server.stop_command}"
+        )
+    return notes
+
+
 async def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     started = datetime.now()
     stamp = f"{started:%Y%m%d_%H%M%S}_{secrets.token_hex(2)}"
     server_dsn = resolve_dsn(args.connection)
     if server_dsn is None:
         Progress.note("no DSN given: using the embedded PostgreSQL")
-        server_dsn = embedded_dsn()
+        embedded = start_embedded(stop_at_exit=True)
+        server_dsn = embedded.dsn
+        for line in _embedded_notes(embedded):
+            Progress.note(line)
     plan = make_plan(args, stamp)
     for note in plan.notes:
         Progress.note(note)
@@ -706,9 +730,13 @@ def _finish(
     print(table)
     if targets:
         print()
+        print(
+            "Targets: goals set in kongtask's issues, judged on this run's medians "
+            "(informational: they never change the exit code)."
+        )
         for t in targets:
             mark = {True: "met", False: "MISSED", None: "-"}[t["met"]]
-            print(f"  {mark:<6} {t['target']}: {t['value']:.3g}")
+            print(f"  {mark:<6} {t['target']}: {t['value']:.3g} ({t['measure']} {t['limit']:g})")
     print()
     print(f"results: {path}" + (f"\nchart:   {chart_path}" if chart_path else ""))
     if problems:
