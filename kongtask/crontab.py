@@ -36,11 +36,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
+
+if TYPE_CHECKING:
+    from zoneinfo import ZoneInfo
 
 from ._core import payload as _payload
 from ._core import schedule as _schedule
@@ -382,6 +384,10 @@ def parse_time_phrase(text: str) -> float:
 
 
 def _zone(name: str) -> tzinfo | None:
+    # Imported here: zoneinfo pulls in sysconfig, a few ms of every worker's
+    # start-up, and only crontabs that name a time zone need it.
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):

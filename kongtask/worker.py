@@ -18,7 +18,7 @@ import logging
 import secrets
 import signal
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import asyncpg
 
@@ -27,7 +27,6 @@ from ._core import decode, dispatch
 from .client import WorkerUtils
 from .completion import Completer
 from .config import resolve_schema
-from .cron import CronScheduler
 from .crontab import as_cron_items
 from .db import DB_ERRORS, DB_OR_TIMEOUT_ERRORS, create_pool, mask_dsn, resolve_dsn
 from .errors import ConfigError, SchemaTooNew
@@ -42,6 +41,9 @@ from .options import WorkerOptions, build_options, check_pool_size
 from .outcomes import FENCE_MESSAGE, SHUTDOWN_MESSAGE, Outcomes, format_error
 from .queries import Queries
 from .tasks import Handler, TaskList, as_task_list
+
+if TYPE_CHECKING:
+    from .cron import CronScheduler
 
 log = logging.getLogger("kongtask.worker")
 
@@ -150,10 +152,11 @@ class Runner:
                 )
             async with self._pool.acquire() as conn:
                 if opts.migrate:
-                    await _migrate.migrate(conn, self.schema)
+                    # migrate() read the track's version already: two round trips fewer.
+                    track = (await _migrate.migrate(conn, self.schema)).kongtask_version
                 else:
                     await _migrate.ensure_compatible(conn, self.schema)
-                track = await _migrate.kongtask_track_version(conn, self.schema)
+                    track = await _migrate.kongtask_track_version(conn, self.schema)
                 task_ids, task_names = await self._register_tasks(conn)
                 if track >= len(_migrate.KONGTASK_MIGRATIONS):
                     self._heartbeat = Heartbeat(
@@ -172,6 +175,8 @@ class Runner:
             if listening is not None:
                 await listening
             if self._cron_items:
+                from .cron import CronScheduler  # only pools with a crontab need it
+
                 self._cron = CronScheduler(
                     self._pool, self.schema, self._cron_items, self.events, logger=self.log
                 )

@@ -49,11 +49,11 @@ def large_payload() -> dict[str, Any]:
             "owner": {"name": "Ada Lovelace", "email": "ada@example.com", "verified": True},
         },
         "items": [
-            {"sku": f"SKU-{k:04d}", "qty": k % 5 + 1, "price": 9.99 + k, "tags": ["a", "b"]}
+            {"sku": f"SKU-{k:04d}", "qty": k % 5 + 1, "price": 9.99 + k, "gift": k % 7 == 0}
             for k in range(20)
         ],
         # 200 characters outside ASCII (Latin-1, Greek, CJK): 2- and 3-byte UTF-8.
-        "note": ("Zürich→Αθήνα 東京 café " * 10)[:200],
+        "note": ("ÄöüßéΑθήναΣπάρτη東京大阪→" * 10)[:200],
         "meta": {"source": "checkout", "version": 3, "retry": None},
     }
 
