@@ -68,8 +68,27 @@ async def decode_timestamps_as_micros(conn: Any) -> None:
     )
 
 
+def _encode_json(value: str | bytes) -> bytes:
+    return value.encode() if isinstance(value, str) else value
+
+
+async def decode_json_as_bytes(conn: Any) -> None:
+    """Make ``conn`` return ``json`` values as their UTF-8 bytes, unparsed.
+
+    asyncpg's own codec decodes the text into a ``str``, and ``orjson.loads``
+    of a non-ASCII ``str`` first encodes it back to UTF-8: two passes over
+    every payload, a tenth of the worker's CPU for a 1.7 KB payload with some
+    non-ASCII text. ``bytes`` (the identity on what PostgreSQL's binary
+    format sends for ``json``) hands orjson the wire bytes instead.
+    """
+    await conn.set_type_codec(
+        "json", schema="pg_catalog", encoder=_encode_json, decoder=bytes, format="binary"
+    )
+
+
 async def _reset_codec(conn: Any) -> None:
     await conn.reset_type_codec("timestamptz", schema="pg_catalog")
+    await conn.reset_type_codec("json", schema="pg_catalog")
 
 
 def _done_rows(lease: Lease) -> list[str]:
@@ -139,6 +158,7 @@ class LeaseKeeper:
 
     async def _setup(self, conn: Any) -> None:
         await decode_timestamps_as_micros(conn)
+        await decode_json_as_bytes(conn)
         if not self._session_settings:
             return
         # Session settings, undone when the pool resets the connection. Generic

@@ -18,7 +18,7 @@ import logging
 import secrets
 import signal
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import asyncpg
 
@@ -27,7 +27,6 @@ from ._core import IMPLEMENTATION, decode, dispatch
 from .client import WorkerUtils
 from .completion import Completer
 from .config import resolve_schema
-from .cron import CronScheduler
 from .crontab import as_cron_items
 from .db import DB_ERRORS, DB_OR_TIMEOUT_ERRORS, create_pool, mask_dsn, resolve_dsn
 from .errors import ConfigError, SchemaTooNew
@@ -43,6 +42,9 @@ from .outcomes import FENCE_MESSAGE, SHUTDOWN_MESSAGE, Outcomes, format_error
 from .queries import Queries
 from .tasks import Handler, TaskList, as_task_list
 from .unhandled import warn_unhandled_cron, warn_unhandled_jobs
+
+if TYPE_CHECKING:
+    from .cron import CronScheduler
 
 log = logging.getLogger("kongtask.worker")
 
@@ -151,10 +153,11 @@ class Runner:
                 )
             async with self._pool.acquire() as conn:
                 if opts.migrate:
-                    await _migrate.migrate(conn, self.schema)
+                    # migrate() read the track's version already: two round trips fewer.
+                    track = (await _migrate.migrate(conn, self.schema)).kongtask_version
                 else:
                     await _migrate.ensure_compatible(conn, self.schema)
-                track = await _migrate.kongtask_track_version(conn, self.schema)
+                    track = await _migrate.kongtask_track_version(conn, self.schema)
                 task_ids, task_names = await self._register_tasks(conn)
                 await warn_unhandled_jobs(conn, self.queries, task_names, self.log)
                 if track >= len(_migrate.KONGTASK_MIGRATIONS):
@@ -175,6 +178,8 @@ class Runner:
                 await listening
             if self._cron_items:
                 warn_unhandled_cron(self._cron_items, task_names, self.log)
+                from .cron import CronScheduler  # only pools with a crontab need it
+
                 self._cron = CronScheduler(
                     self._pool, self.schema, self._cron_items, self.events, logger=self.log
                 )

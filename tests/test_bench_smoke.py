@@ -22,14 +22,14 @@ import orjson
 import pytest
 
 from kongtask import WorkerUtils
-from kongtask.benchmark import main, spawn
+from kongtask.benchmark import main, payload, report, spawn
 from kongtask.benchmark.common import percentile, summarize
 from kongtask.benchmark.cpu import locate_server, process_cpu_s
 from kongtask.benchmark.database import split_password, with_database
-from kongtask.benchmark.harness import QUICK, SCENARIOS, _compiled_available
+from kongtask.benchmark.harness import QUICK, SCENARIOS, _compiled_available, _embedded_notes
 from kongtask.benchmark.node import default_bench_dir
 from kongtask.benchmark.report import source_root
-from kongtask.db import quote_ident
+from kongtask.db import EmbeddedServer, quote_ident
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -258,7 +258,7 @@ def test_results_file_describes_the_run(bench_run: dict[str, Any]) -> None:
         assert doc["postgres"]["settings"][name]
     assert doc["postgres"]["database"] == BENCH_DB
     assert doc["packages"]["asyncpg"] and doc["packages"]["implementation"]
-    assert set(doc["scenarios"]) == {*KT_SCENARIOS, spawn.SCENARIO}
+    assert set(doc["scenarios"]) == {*KT_SCENARIOS, spawn.SCENARIO, payload.SCENARIO}
     assert doc["sizes"]["spawn_jobs"] == list(QUICK["spawn_jobs"])
     _, password = split_password(bench_run["database_url"])
     if password:
@@ -425,3 +425,45 @@ def test_results_dir_is_under_the_source_tree() -> None:
         assert default_results_dir() == Path.cwd() / "bench-results"
     else:
         assert default_results_dir() == root / "bench" / "results"
+
+
+def test_payload_scenario_runs_both_twins(bench_run: dict[str, Any]) -> None:
+    """The payload scenario: every job of both queues ran, figures present, no problems."""
+    doc = bench_run["doc"]
+    engines = ("kongtask", "kongtask-pure") if _compiled_available() else ("kongtask",)
+    for engine in engines:
+        for r in _rounds(doc, payload.SCENARIO, engine):
+            assert r["jobs"] == QUICK["payload_jobs"]
+            assert r["warnings"] == []
+            assert 1500 <= r["payload_bytes"] <= 2000  # issue 20's ~1.7 KB
+            for key in ("cpu_us_per_job", "tiny_cpu_us_per_job", "orjson_loads_us"):
+                assert r[key] is not None, (engine, key)
+    assert "graphile-worker" not in doc["results"][payload.SCENARIO]
+
+
+def test_large_payload_shape() -> None:
+    """A nested object, 20 small objects in a list, 200 non-ASCII characters."""
+    body = payload.large_payload()
+    assert len(body["items"]) == 20 and all(isinstance(i, dict) for i in body["items"])
+    assert isinstance(body["account"]["plan"], dict)
+    assert sum(1 for c in payload.large_payload_text() if ord(c) > 127) == 200
+
+
+def test_targets_say_what_they_compare(bench_run: dict[str, Any]) -> None:
+    for target in bench_run["doc"]["targets"]:
+        assert target["measure"] and target["limit"] is not None, target
+
+
+def test_embedded_notes_say_how_to_stop_a_server_left_running(tmp_path: Path) -> None:
+    left = EmbeddedServer("postgresql://x", tmp_path, True, False, "pgserver", "pg_ctl stop")
+    notes = " ".join(_embedded_notes(left))
+    assert "left running" in notes and "pg_ctl stop" in notes and "'pgserver'" in notes
+    ours = EmbeddedServer("postgresql://x", tmp_path, False, True, None, "pg_ctl stop")
+    assert "stops it when it ends" in " ".join(_embedded_notes(ours))
+
+
+@pytest.mark.parametrize(
+    ("jobs", "label"), [(3000, "3k"), (100_000, "100k"), (1_000_000, "1M"), (12_345, "12,345")]
+)
+def test_chart_sizes_are_short(jobs: int, label: str) -> None:
+    assert report._short(jobs) == label

@@ -2,11 +2,15 @@
 # so that the slot loop reads a job's fields without attribute lookups.
 
 cdef class _Decoded:
-    cdef public object payload
-    cdef public object payload_error
+    # A parsed payload and its error (None when it parsed); a Job's may still be
+    # pending, see Job._raw.
+    cdef object _value
+    cdef object _error
 
 
 cdef class Job(_Decoded):
+    # The payload text as fetched, until the payload is first read (then None).
+    cdef object _raw
     cdef public object id
     cdef public object queue_name
     cdef public object task_identifier
@@ -28,3 +32,5 @@ cdef class Job(_Decoded):
     cdef public object ctid
 
     cdef tuple _astuple(self)
+    # Parses a pending payload (idempotent); after it _value and _error are final.
+    cdef int ensure_payload(self) except -1

@@ -188,28 +188,28 @@ cdef void _stdlib_loads(_Decoded into, object text) except *:
     if isinstance(text, memoryview):
         text = text.tobytes()  # the stdlib takes str, bytes and bytearray only
     if _nested_deeper_than(text, MAX_FALLBACK_DEPTH):
-        into.payload = None
-        into.payload_error = _TOO_DEEP
+        into._value = None
+        into._error = _TOO_DEEP
         return
     try:
-        into.payload = _json_loads(text)
+        into._value = _json_loads(text)
     except RecursionError:  # only if the caller's own stack is already very deep
-        into.payload = None
-        into.payload_error = _TOO_DEEP
+        into._value = None
+        into._error = _TOO_DEEP
     except ValueError as exc:  # includes JSONDecodeError and UnicodeDecodeError
-        into.payload = None
-        into.payload_error = _BAD_JSON + str(exc)
+        into._value = None
+        into._error = _BAD_JSON + str(exc)
 
 
 cdef inline void _loads(_Decoded into, object text) except *:
-    """Parses payload text into ``into.payload``; failures go to ``into.payload_error``."""
+    """Parses payload text into ``into._value``; failures go to ``into._error``."""
     if text is None or not isinstance(text, (str, bytes, bytearray, memoryview)):
-        into.payload = text
+        into._value = text
     elif _has_long_digit_run(text):
         _stdlib_loads(into, text)
     else:
         try:
-            into.payload = _orjson_loads(text)
+            into._value = _orjson_loads(text)
         except _JSONDecodeError:
             _stdlib_loads(into, text)
 
@@ -240,7 +240,7 @@ def loads_payload(text):
     """
     cdef _Decoded result = _Decoded.__new__(_Decoded)
     _loads(result, text)
-    return result.payload, result.payload_error
+    return result._value, result._error
 
 
 cdef class Job(_Decoded):
@@ -249,6 +249,13 @@ cdef class Job(_Decoded):
     ``payload_error`` is ``None`` unless the row's payload (or flags) could not be
     decoded; the worker then fails the job with that message instead of running
     the task with a wrong payload.
+
+    The payload text is parsed when ``payload`` or ``payload_error`` is first
+    read (the slot does so just before the handler runs), not when the batch is
+    decoded: a parsed payload is dozens of GC-tracked containers, and a batch
+    of them waiting in the local queue was walked by the collector again and
+    again (see docs/performance.md). Parsed just in time, they live only while
+    the handler runs.
     """
 
     def __init__(self, id, queue_name, task_identifier, payload, priority, run_at, attempts,
@@ -270,9 +277,37 @@ cdef class Job(_Decoded):
         self.locked_by = locked_by
         self.revision = revision
         self.flags = flags
-        self.payload_error = payload_error
+        self._value = payload
+        self._error = payload_error
         self.lease = None
         self.ctid = None
+
+    cdef int ensure_payload(self) except -1:
+        cdef object text = self._raw
+        if text is not None:
+            self._raw = None
+            _parse_text(self, text)
+        return 0
+
+    @property
+    def payload(self):
+        self.ensure_payload()
+        return self._value
+
+    @payload.setter
+    def payload(self, value):
+        self._raw = None
+        self._value = value
+
+    @property
+    def payload_error(self):
+        self.ensure_payload()
+        return self._error
+
+    @payload_error.setter
+    def payload_error(self, value):
+        self.ensure_payload()
+        self._error = value
 
     # Timestamps may arrive as PostgreSQL's own microseconds (the fetch
     # connections decode timestamptz that way: building four datetimes per row
@@ -325,11 +360,12 @@ cdef class Job(_Decoded):
         )
 
     cdef tuple _astuple(self):
+        self.ensure_payload()
         return (
-            self.id, self.queue_name, self.task_identifier, self.payload, self.priority,
+            self.id, self.queue_name, self.task_identifier, self._value, self.priority,
             self.run_at, self.attempts, self.max_attempts, self.last_error, self.created_at,
             self.updated_at, self.key, self.locked_at, self.locked_by, self.revision,
-            self.flags, self.payload_error,
+            self.flags, self._error,
         )
 
     def __eq__(self, other):
@@ -359,7 +395,7 @@ cdef inline void _fill_from_tuple(Job job, tuple row) noexcept:
     job.id = <object>PyTuple_GET_ITEM(row, 0)
     job.queue_name = <object>PyTuple_GET_ITEM(row, 1)
     job.task_identifier = <object>PyTuple_GET_ITEM(row, 2)
-    job.payload = <object>PyTuple_GET_ITEM(row, 3)
+    job._raw = <object>PyTuple_GET_ITEM(row, 3)
     job.priority = <object>PyTuple_GET_ITEM(row, 4)
     job._run_at = <object>PyTuple_GET_ITEM(row, 5)
     job.attempts = <object>PyTuple_GET_ITEM(row, 6)
@@ -380,7 +416,7 @@ cdef void _fill_from_sequence(Job job, object row) except *:
     job.id = PySequence_ITEM(row, 0)
     job.queue_name = PySequence_ITEM(row, 1)
     job.task_identifier = PySequence_ITEM(row, 2)
-    job.payload = PySequence_ITEM(row, 3)
+    job._raw = PySequence_ITEM(row, 3)
     job.priority = PySequence_ITEM(row, 4)
     job._run_at = PySequence_ITEM(row, 5)
     job.attempts = PySequence_ITEM(row, 6)
@@ -428,26 +464,41 @@ cdef Job _decode_row(object row, Py_ssize_t index):
 
 
 cdef void _parse_payload_and_flags(Job job) except *:
-    """Turns the raw payload and flags texts a row left in ``job`` into values."""
-    cdef object text = job.payload
-    cdef object flags = job.flags
-    job.payload = None
-    job.flags = None
+    """Parses the flags a row left in ``job`` and sets its payload text aside.
 
-    if type(text) is str and not _has_long_digit_run(text):
-        try:
-            job.payload = _orjson_loads(text)
-        except _JSONDecodeError:
-            _stdlib_loads(job, text)
-    else:
-        _loads(job, text)
+    A text payload stays in ``job._raw`` until first read (see :class:`Job`);
+    anything else (None, a value a custom codec decoded already) is final now.
+    """
+    cdef object text = job._raw
+    cdef object flags = job.flags
+    job.flags = None
+    if text is not None and not isinstance(text, (str, bytes, bytearray, memoryview)):
+        job._raw = None
+        job._value = text
     if flags is not None:
         flags = _flags_list(flags)
-        if type(flags) is str:  # an error message
-            if job.payload_error is None:
-                job.payload_error = flags
+        if type(flags) is str:  # an error message; a payload error will win over it
+            job._error = flags
             flags = None
         job.flags = flags
+
+
+cdef void _parse_text(_Decoded into, object text) except *:
+    """A payload text -> ``into._value``; a failure replaces ``into._error``."""
+    cdef object error = into._error
+    into._error = None
+    if type(text) is bytes or type(text) is str:
+        if _has_long_digit_run(text):
+            _stdlib_loads(into, text)
+        else:
+            try:
+                into._value = _orjson_loads(text)
+            except _JSONDecodeError:
+                _stdlib_loads(into, text)
+    else:
+        _loads(into, text)
+    if into._error is None:
+        into._error = error
 
 
 def decode_jobs(rows):
@@ -484,7 +535,7 @@ def decode_leased(rows, lease, dict task_names, locked_by, locked_at):
         job = Job.__new__(Job)
         job.id = PySequence_ITEM(row, 0)
         job.task_identifier = task_names[PySequence_ITEM(row, 1)]
-        job.payload = PySequence_ITEM(row, 2)
+        job._raw = PySequence_ITEM(row, 2)
         job.priority = PySequence_ITEM(row, 3)
         job._run_at = PySequence_ITEM(row, 4)
         job.attempts = PySequence_ITEM(row, 5)

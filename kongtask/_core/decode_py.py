@@ -205,23 +205,31 @@ class Job:
     ``payload_error`` is ``None`` unless the row's payload (or flags) could not be
     decoded; the worker then fails the job with that message instead of running
     the task with a wrong payload.
+
+    The payload text is parsed when ``payload`` or ``payload_error`` is first
+    read (the slot does so just before the handler runs), not when the batch is
+    decoded: a parsed payload is dozens of GC-tracked containers, and a batch
+    of them waiting in the local queue was walked by the collector again and
+    again (see docs/performance.md). Parsed just in time, they live only while
+    the handler runs.
     """
 
     __slots__ = (
-        *(name for name in JOB_COLUMNS if not name.endswith("_at")),
+        *(name for name in JOB_COLUMNS if not name.endswith("_at") and name != "payload"),
+        "_raw",
+        "_payload",
+        "_payload_error",
         "_created_at",
         "_locked_at",
         "_run_at",
         "_updated_at",
         "ctid",
         "lease",
-        "payload_error",
     )
 
     id: Any
     queue_name: str | None
     task_identifier: str
-    payload: Any
     priority: int
     run_at: Any
     attempts: int
@@ -234,7 +242,10 @@ class Job:
     locked_by: str | None
     revision: int
     flags: list[str] | None
-    payload_error: str | None
+    #: The payload text as fetched, until the payload is first read (then None).
+    _raw: Any
+    _payload: Any
+    _payload_error: str | None
     #: The Lease of the fetch transaction that still holds this job's row, if any.
     lease: Any
     #: The address (``ctid`` as text) of the row version this worker locked or
@@ -269,7 +280,8 @@ class Job:
         self.id = id
         self.queue_name = queue_name
         self.task_identifier = task_identifier
-        self.payload = payload
+        self._raw = None
+        self._payload = payload
         self.priority = priority
         self.run_at = run_at
         self.attempts = attempts
@@ -282,9 +294,41 @@ class Job:
         self.locked_by = locked_by
         self.revision = revision
         self.flags = flags
-        self.payload_error = payload_error
+        self._payload_error = payload_error
         self.lease = None
         self.ctid = None
+
+    def _ensure_payload(self) -> None:
+        text = self._raw
+        if text is not None:
+            self._raw = None
+            value, error = _parse_text(text)
+            self._payload = value
+            if error is not None:  # a payload error wins over a flags error
+                self._payload_error = error
+
+    @property
+    def payload(self) -> Any:
+        if self._raw is not None:
+            self._ensure_payload()
+        return self._payload
+
+    @payload.setter
+    def payload(self, value: Any) -> None:
+        self._raw = None
+        self._payload = value
+
+    @property
+    def payload_error(self) -> str | None:
+        if self._raw is not None:
+            self._ensure_payload()
+        return self._payload_error
+
+    @payload_error.setter
+    def payload_error(self, value: str | None) -> None:
+        if self._raw is not None:
+            self._ensure_payload()
+        self._payload_error = value
 
     def __repr__(self) -> str:
         # Never the payload: it may hold personal data and this ends up in logs.
@@ -326,28 +370,53 @@ class Job:
         return dict(zip((*JOB_COLUMNS, "payload_error"), self._astuple(), strict=True))
 
 
-def _parse(payload: Any, flags: Any) -> tuple[Any, list[str] | None, str | None]:
-    """A row's raw payload and flags -> (payload, flags, error).
+def _parse_text(payload: Any) -> tuple[Any, str | None]:
+    """A payload text -> (value, error).
 
-    The common case (payload text orjson accepts, flags text or None) costs one
-    ``orjson.loads``; anything unusual goes through :func:`loads_payload`.
+    The common case (text orjson accepts) costs one ``orjson.loads``; anything
+    unusual goes through :func:`loads_payload`.
     """
-    error = None
-    if type(payload) is str and (
+    if payload.__class__ is str and (
         len(payload) < 19
         or _LONG_RUN not in payload.encode("utf-8", "surrogatepass").translate(_DIGIT_MAP)
     ):
         try:
-            payload = _orjson_loads(payload)
+            return _orjson_loads(payload), None
         except _JSONDecodeError:
-            payload, error = _stdlib_loads(payload)
-    elif payload is not None:
-        payload, error = loads_payload(payload)
+            return _stdlib_loads(payload)
+    if payload.__class__ is bytes and (
+        len(payload) < 19 or _LONG_RUN not in payload.translate(_DIGIT_MAP)
+    ):
+        try:
+            return _orjson_loads(payload), None
+        except _JSONDecodeError:
+            return _stdlib_loads(payload)
+    return loads_payload(payload)
+
+
+_TEXT_TYPES = (str, bytes, bytearray, memoryview)
+
+
+def _parse(payload: Any, flags: Any) -> tuple[Any, Any, list[str] | None, str | None]:
+    """A row's raw payload and flags -> (raw text, payload, flags, error).
+
+    The flags are parsed now; a text payload comes back as the raw text, to be
+    parsed when first read (see :class:`Job`), anything else as the payload.
+    """
+    error = None
+    raw = None
+    if isinstance(payload, _TEXT_TYPES):
+        raw, payload = payload, None
     if flags is not None:
-        flags, flags_error = _flags_list(flags)
-        if error is None:
-            error = flags_error
-    return payload, flags, error
+        flags, error = _flags_list(flags)
+    return raw, payload, flags, error
+
+
+def _job(raw: Any, *args: Any) -> Job:
+    """``Job(*args)`` with its payload text ``raw`` set aside to be parsed when first read."""
+    job = Job(*args)
+    job._raw = raw
+    return job
 
 
 def _bad_row(index: int, row: Any) -> ValueError:
@@ -371,9 +440,9 @@ def decode_jobs(rows: Any) -> list[Job]:
             raise _bad_row(index, row) from None
         if len(rest) != _NCOLUMNS - 5:
             raise _bad_row(index, row)
-        payload, flags, error = _parse(payload, flags)
+        raw, payload, flags, error = _parse(payload, flags)
         # The row's middle columns, in JOB_COLUMNS order, are Job's own arguments.
-        append(Job(id_, queue_name, task_identifier, payload, *rest, flags, error))  # type: ignore[call-arg]
+        append(_job(raw, id_, queue_name, task_identifier, payload, *rest, flags, error))
     return out
 
 
@@ -417,12 +486,13 @@ def decode_leased(
             ) = row
         except (TypeError, ValueError):
             raise ValueError(f"row {index} is not a leased row of {_NLEASED} columns") from None
-        payload, flags, error = _parse(payload, flags)
+        raw, payload, flags, error = _parse(payload, flags)
         if created_at is None:
             created_at = run_at
         if updated_at is None:
             updated_at = created_at
-        job = Job(
+        job = _job(
+            raw,
             id_,
             None,
             task_names[task_id],
@@ -480,14 +550,15 @@ def decode_stored(rows: Any, task_names: dict[int, str], queue_names: dict[int, 
             ) from None
         queue_name = None if queue_id is None else queue_names[queue_id]
         task_identifier = task_names[task_id]
-        payload, flags, error = _parse(payload, flags)
+        raw, payload, flags, error = _parse(payload, flags)
         if created_at is None:
             created_at = run_at
         if updated_at is None:
             updated_at = created_at
         key, locked_at, locked_by, revision = rest
         append(
-            Job(
+            _job(
+                raw,
                 id_,
                 queue_name,
                 task_identifier,

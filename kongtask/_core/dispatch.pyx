@@ -359,17 +359,18 @@ cdef class Dispatcher:
             running[job_id] = job
             replacement = None
             try:
-                if job.payload_error is not None:
-                    raise ValueError(job.payload_error)
+                job.ensure_payload()  # parsed just in time: see decode.Job
+                if job._error is not None:
+                    raise ValueError(job._error)
                 name = job.task_identifier
                 entry = <tuple>tasks[name]  # handler, is_async, timeout
                 helpers = _new_helpers(self.context, job)
                 if "job:start" in listeners:
                     self.emit("job:start", {"job": job, "worker_id": self.worker_id})
                 if entry[1]:
-                    call = entry[0](job.payload, helpers)
+                    call = entry[0](job._value, helpers)
                 else:
-                    call = self._run_in_thread(entry[0], job.payload, helpers)
+                    call = self._run_in_thread(entry[0], job._value, helpers)
                 if entry[2] is None:
                     result = await call
                 else:
@@ -377,7 +378,7 @@ cdef class Dispatcher:
                 if result is not None:
                     if _isawaitable(result):
                         result = await result
-                    if type(result) is list and isinstance(job.payload, list):
+                    if type(result) is list and isinstance(job._value, list):
                         replacement = await outcomes.batch_outcome(job, result)
             except _CancelledError:
                 del running[job_id]

@@ -279,17 +279,18 @@ class Dispatcher:
             running[job_id] = job
             replacement = None
             try:
-                if job.payload_error is not None:
+                if job.payload_error is not None:  # parses the payload: see decode.Job
                     raise ValueError(job.payload_error)
+                payload = job.payload
                 name = job.task_identifier
                 entry = tasks[name]
                 helpers = Helpers(self.context, job)
                 if "job:start" in listeners:
                     self.emit("job:start", {"job": job, "worker_id": self.worker_id})
                 if entry.is_async:
-                    call = entry.handler(job.payload, helpers)
+                    call = entry.handler(payload, helpers)
                 else:
-                    call = self.context.run_in_thread(entry.handler, job.payload, helpers)
+                    call = self.context.run_in_thread(entry.handler, payload, helpers)
                 if entry.timeout is None:
                     result = await call
                 else:

@@ -44,6 +44,23 @@ def bulk_insert_sql(quoted_schema: str) -> str:
     )
 
 
+def payload_insert_sql(quoted_schema: str) -> str:
+    """Like :func:`bulk_insert_sql`, payload ``{"i": g, ...$3}``: ``$3`` is a JSON object
+    text spliced in as text, so every job stores exactly that JSON (key order and
+    non-ASCII characters as given); ``{}`` gives bench.js's ``{"i": g}``."""
+    s = quoted_schema
+    payload = (
+        "('{\"i\":' || g || case when $3::text = '{}' then '}'"
+        " else ',' || substr($3::text, 2) end)::json"
+    )
+    return (
+        f"select count(*) from {s}.add_jobs(array("
+        f" select json_populate_record(null::{s}.job_spec,"
+        f"   json_build_object('identifier', $1::text, 'payload', {payload}))"
+        " from generate_series(1, $2::int) g))"
+    )
+
+
 def percentile(sorted_values: Sequence[float], p: float) -> float | None:
     """Linear interpolation between closest ranks: numpy's default, and bench.js's."""
     if not sorted_values:

@@ -18,7 +18,7 @@ from kongtask import WorkerUtils
 from kongtask.db import connect, quote_ident
 from kongtask.errors import ConfigError
 
-from .common import bulk_insert_sql
+from .common import bulk_insert_sql, payload_insert_sql
 
 DEFAULT_DATABASE = "kongtask_bench"
 
@@ -274,12 +274,17 @@ class Admin:
         if analyze:
             await self._call("execute", f"analyze {s}._private_jobs")
 
-    async def fill(self, schema: str, task: str, n: int) -> None:
+    async def fill(self, schema: str, task: str, n: int, payload: str | None = None) -> None:
         """A fresh queue of ``n`` jobs as a deployment would find it after a quiet spell:
         truncated, filled, then ``VACUUM ANALYZE`` (statistics for the planner and a
-        visibility map, so no engine meets a half-vacuumed table)."""
+        visibility map, so no engine meets a half-vacuumed table). ``payload``, a JSON
+        object text, is merged into every job's ``{"i": ...}`` (see payload_insert_sql)."""
         await self.clear(schema)
-        await self.insert_jobs(schema, task, n, analyze=False)
+        if payload is None:
+            await self.insert_jobs(schema, task, n, analyze=False)
+        else:
+            s = quote_ident(schema)
+            await self._call("fetchval", payload_insert_sql(s), task, n, payload)
         await self._call("execute", f"vacuum analyze {quote_ident(schema)}._private_jobs")
 
     async def count_locked(self, schema: str) -> int:

@@ -67,6 +67,8 @@ class Sizes:
     spawn_jobs: tuple[int, ...] = (100_000,)
     #: How often the harness polls ``count(*)`` while a spawned worker drains.
     empty_poll_ms: int = 100
+    #: Jobs per queue of the payload scenario (one tiny, one large).
+    payload_jobs: int = 100_000
 
 
 @dataclass(slots=True)
@@ -88,8 +90,9 @@ class Engine:
     worker: list[str] = field(default_factory=list)
 
     def supports(self, scenario: str) -> bool:
-        """bench.js has no multi-process mode; everything else both engines do."""
-        return self.kongtask or scenario != "processes"
+        """bench.js has no multi-process mode, and the payload scenario compares kongtask's
+        twins only; everything else both engines do."""
+        return self.kongtask or scenario not in ("processes", "payload")
 
     def args(self, scenario: str, dsn: str, sizes: Sizes, *, child: str | None = None) -> list[str]:
         """The command line for ``scenario`` (``child`` overrides the child-side name)."""

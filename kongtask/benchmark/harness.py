@@ -23,10 +23,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from kongtask.db import embedded_dsn, mask_dsn, resolve_dsn, scrub
+from kongtask.db import EmbeddedServer, mask_dsn, resolve_dsn, scrub, start_embedded
 from kongtask.errors import ConfigError
 
-from . import cpu, database, report, spawn
+from . import cpu, database, payload, report, spawn
 from .common import median, rnd
 from .engines import (
     GRAPHILE_WORKER,
@@ -51,6 +51,7 @@ SCENARIOS = (
     "startup",
     "processes",
     spawn.SCENARIO,
+    payload.SCENARIO,
     "implementations",
 )
 ENGINE_SCENARIOS = SCENARIOS[:-1]
@@ -67,6 +68,7 @@ FULL = {
     "idle_wait_s": 1.0,
     "rounds": 2,
     "spawn_jobs": (100_000, 1_000_000),
+    "payload_jobs": 100_000,
 }
 QUICK = {
     "enqueue_jobs": 2000,
@@ -80,6 +82,7 @@ QUICK = {
     "idle_wait_s": 0.5,
     "rounds": 1,
     "spawn_jobs": (3000,),
+    "payload_jobs": 3000,
 }
 
 EXIT_OK = 0
@@ -167,9 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--jobs",
         type=_positive,
         metavar="N",
-        help="jobs for enqueue, drain, memory, processes and drain-from-spawn",
+        help="jobs for enqueue, drain, memory, processes, drain-from-spawn and payload",
     )
-    for name in ("enqueue", "drain", "memory", "processes"):
+    for name in ("enqueue", "drain", "memory", "processes", "payload"):
         sizes.add_argument(f"--{name}-jobs", type=_positive, metavar="N")
     sizes.add_argument(
         "--spawn-jobs",
@@ -269,6 +272,8 @@ class Plan:
     rounds: int
     sizes: Sizes
     notes: list[str] = field(default_factory=list)
+    #: Scenarios the pure engine runs; None: all (``implementations`` was chosen).
+    pure_scenarios: tuple[str, ...] | None = None
 
     def steps(self) -> list[Step]:
         return [
@@ -278,6 +283,11 @@ class Plan:
             for r in range(1, self.rounds + 1)
             for engine in self.engines
             if engine.supports(scenario)
+            and (
+                engine.name != KONGTASK_PURE
+                or self.pure_scenarios is None
+                or scenario in self.pure_scenarios
+            )
         ]
 
 
@@ -327,6 +337,13 @@ def _brief(scenario: str, result: dict[str, Any]) -> str:
         return f"p50 {f('p50')} ms, p99 {f('p99')} ms, max {f('max')} ms"
     if scenario == "memory":
         return f"idle {f('idle_rss_mb', 1)} MB, peak {f('peak_rss_mb', 1)} MB{cpu_use}"
+    if scenario == payload.SCENARIO:
+        return (
+            f"CPU/job: large payload {f('cpu_us_per_job', 1)} µs, tiny "
+            f"{f('tiny_cpu_us_per_job', 1)} µs, orjson.loads {f('orjson_loads_us', 1)} µs, "
+            "beyond parsing "
+            f"{f('unexplained_us_per_job', 1)} µs"
+        )
     if scenario == "startup":
         return (
             f"spawn->ready {f('spawn_to_ready_ms', 1)} ms, run()->ready "
@@ -392,6 +409,8 @@ async def run_step(
     timeout = sizes.timeout_s + 60
     if scenario == "processes":
         return await children.processes(engine, dsn, sizes, admin)
+    if scenario == payload.SCENARIO:
+        return await payload.payload_scenario(children, engine, dsn, sizes, admin)
     if scenario == spawn.SCENARIO:
         assert step.jobs is not None
         return await spawn.drain_from_spawn(children, engine, dsn, sizes, admin, step.jobs)
@@ -421,6 +440,10 @@ async def run_step(
                 for _ in range(sizes.spawn_samples)
             ]
             result[f"spawn_floor_{what}_ms"] = rnd(median(floor))
+        if result.get("spawn_floor_libraries_ms") is not None:
+            result["spawn_over_floor_ms"] = rnd(
+                result["spawn_to_ready_ms"] - result["spawn_floor_libraries_ms"]
+            )
     return result
 
 
@@ -456,6 +479,7 @@ def _sizes(args: argparse.Namespace) -> tuple[Sizes, int]:
         drain_jobs=pick("drain_jobs"),
         memory_jobs=pick("memory_jobs"),
         processes_jobs=pick("processes_jobs"),
+        payload_jobs=pick("payload_jobs"),
         latency_samples=pick("latency_samples"),
         scheduled_samples=pick("scheduled_samples"),
         startup_samples=pick("startup_samples"),
@@ -479,6 +503,9 @@ def make_plan(args: argparse.Namespace, stamp: str) -> Plan:
     with_pure = "implementations" in chosen
     if with_pure and not scenarios:
         scenarios = list(ENGINE_SCENARIOS)
+    # The payload scenario is a compiled/pure comparison by definition.
+    pure_scenarios = None if with_pure else (payload.SCENARIO,)
+    with_pure = with_pure or payload.SCENARIO in scenarios
     sizes, rounds = _sizes(args)
     notes: list[str] = []
     engines: list[Engine] = []
@@ -508,11 +535,28 @@ def make_plan(args: argparse.Namespace, stamp: str) -> Plan:
                 else ""
             )
         )
-    return Plan(scenarios, engines, rounds, sizes, notes)
+    return Plan(scenarios, engines, rounds, sizes, notes, pure_scenarios)
 
 
 def _masked_argv(argv: Sequence[str]) -> list[str]:
     return [mask_dsn(a) if "://" in a or "password" in a.lower() else a for a in argv]
+
+
+def _embedded_notes(server: EmbeddedServer) -> list[str]:
+    """What a user should know about the embedded server the bench is about to use."""
+    notes = [f"embedded PostgreSQL: data in {server.folder}"]
+    if server.os_user is not None:
+        notes.append(
+            f"running as root, so PostgreSQL runs as the OS user {server.os_user!r} "
+            "(pgserver creates it if missing)"
+        )
+    if server.stops_at_exit:
+        notes.append("this bench started it and stops it when it ends")
+    else:
+        notes.append(
+            f"it was already running and is left running; stop it with: {server.stop_command}"
+        )
+    return notes
 
 
 async def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -521,7 +565,10 @@ async def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     server_dsn = resolve_dsn(args.connection)
     if server_dsn is None:
         Progress.note("no DSN given: using the embedded PostgreSQL")
-        server_dsn = embedded_dsn()
+        embedded = start_embedded(stop_at_exit=True)
+        server_dsn = embedded.dsn
+        for line in _embedded_notes(embedded):
+            Progress.note(line)
     plan = make_plan(args, stamp)
     for note in plan.notes:
         Progress.note(note)
@@ -683,9 +730,13 @@ def _finish(
     print(table)
     if targets:
         print()
+        print(
+            "Targets: goals set in kongtask's issues, judged on this run's medians "
+            "(informational: they never change the exit code)."
+        )
         for t in targets:
             mark = {True: "met", False: "MISSED", None: "-"}[t["met"]]
-            print(f"  {mark:<6} {t['target']}: {t['value']:.3g}")
+            print(f"  {mark:<6} {t['target']}: {t['value']:.3g} ({t['measure']} {t['limit']:g})")
     print()
     print(f"results: {path}" + (f"\nchart:   {chart_path}" if chart_path else ""))
     if problems:

@@ -18,19 +18,19 @@ import orjson
 
 from .._core import schedule as _schedule
 from ..errors import CronSyntaxError, InvalidJobSpec
-from .fields import MACROS, parse_time_phrase, unknown_macro, zone_named
+from .fields import MACROS, compiled, parse_time_phrase, unknown_macro, zone_named
 from .model import CronItem, CronSchedule
 
 # graphile-worker's accepted shapes (cronConstants), so a crontab that works
-# in Node works here and vice versa.
-_TASK = re.compile(r"[_a-zA-Z][_a-zA-Z0-9:/_-]*")
-_ID = re.compile(r"[_a-zA-Z][-_a-zA-Z0-9]*")
-_QUEUE = re.compile(r"[-a-zA-Z0-9_:]+")
-_UNSIGNED = re.compile(r"[0-9]+")
-_SIGNED = re.compile(r"-?[0-9]+")
+# in Node works here and vice versa. Compiled on first use (``compiled``).
+_TASK = r"[_a-zA-Z][_a-zA-Z0-9:/_-]*"
+_ID = r"[_a-zA-Z][-_a-zA-Z0-9]*"
+_QUEUE = r"[-a-zA-Z0-9_:]+"
+_UNSIGNED = r"[0-9]+"
+_SIGNED = r"-?[0-9]+"
 _TEXT_JOB_KEY_MODES = ("replace", "preserve_run_at")
 _OPTION_KEYS = ("id", "fill", "max", "queue", "jobKey", "jobKeyMode", "priority", "tz")
-_JSON5_ERROR = re.compile(r"^<string>:(\d+) (.*) at column (\d+)$")
+_JSON5_ERROR = r"^<string>:(\d+) (.*) at column (\d+)$"
 
 
 def _tokens(line: str) -> list[tuple[int, str]]:
@@ -91,7 +91,7 @@ class _Line:
 
     def _command(self, parsed: CronSchedule, at: int) -> tuple[CronItem, int]:
         text = self.text
-        match = _TASK.match(text, at)
+        match = compiled(_TASK).match(text, at)
         if not match:
             raise self.error(
                 f"invalid task name starting {text[at:].split()[0]!r}: expected a letter or '_' "
@@ -192,7 +192,7 @@ class _Line:
             return json5.loads(source)
         except ValueError as exc:
             message = str(exc)
-            match = _JSON5_ERROR.match(message)
+            match = compiled(_JSON5_ERROR).match(message)
             if match and match.group(1) == "1":
                 raise self.error(
                     f"invalid JSON5 payload: {match.group(2)}; expected a JSON5 object",
@@ -226,7 +226,7 @@ class _Line:
 
     # One reader per ``?option``: the value checked as graphile-worker checks it.
     def _read_id(self, value: str, at: int) -> str:
-        if not _ID.fullmatch(value):
+        if not compiled(_ID).fullmatch(value):
             raise self.error(
                 f"invalid id {value!r}: expected a letter or '_' followed by letters, "
                 "digits, '_' or '-'",
@@ -241,14 +241,14 @@ class _Line:
             raise self.error(f"fill: {exc.message}", at + (exc.column or 1) - 1) from None
 
     def _read_max(self, value: str, at: int) -> int:
-        if not _UNSIGNED.fullmatch(value) or not 1 <= int(value) <= 32767:
+        if not compiled(_UNSIGNED).fullmatch(value) or not 1 <= int(value) <= 32767:
             raise self.error(
                 f"invalid max {value!r}: expected a whole number of attempts, 1 to 32767", at
             )
         return int(value)
 
     def _read_queue(self, value: str, at: int) -> str:
-        if not _QUEUE.fullmatch(value) or len(value) > 128:
+        if not compiled(_QUEUE).fullmatch(value) or len(value) > 128:
             raise self.error(
                 f"invalid queue {value!r}: expected up to 128 letters, digits, '-', '_' or ':'",
                 at,
@@ -268,7 +268,7 @@ class _Line:
         return value
 
     def _read_priority(self, value: str, at: int) -> int:
-        if not _SIGNED.fullmatch(value) or not -32768 <= int(value) <= 32767:
+        if not compiled(_SIGNED).fullmatch(value) or not -32768 <= int(value) <= 32767:
             raise self.error(
                 f"invalid priority {value!r}: expected a whole number, -32768 to 32767", at
             )

@@ -393,3 +393,76 @@ def test_as_dict(twin: Twin) -> None:
     assert data["payload"] == {"a": 1}
     assert data["flags"] == ["f"]
     assert data["payload_error"] is None
+
+
+# --- the payload is parsed when first read ----------------------------------------------------
+
+
+def _container_ids(value: Any) -> set[int]:
+    """ids of every dict/list in ``value`` (the objects a parsed payload adds to the GC)."""
+    found: set[int] = set()
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            found.add(id(item))
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            found.add(id(item))
+            stack.extend(item)
+    return found
+
+
+def test_decoded_batch_holds_no_parsed_payload(twin: Twin) -> None:
+    """A queued job keeps its text: no payload containers exist until one is read."""
+    import gc
+
+    text = '{"marker_lazy_payload": [{"a": 1}, {"b": 2}]}'
+    (job,) = twin.decode.decode_leased(
+        [(1, 7, text, 0, NOW, 0, 25, None, None, None, 0, None, "(0,1)")],
+        None,
+        {7: "t"},
+        "w",
+        NOW,
+    )
+    gc.collect()
+    assert not [o for o in gc.get_objects() if isinstance(o, dict) and "marker_lazy_payload" in o]
+    payload = job.payload
+    assert payload == {"marker_lazy_payload": [{"a": 1}, {"b": 2}]}
+    assert job.payload is payload  # parsed once
+
+
+@pytest.mark.parametrize(
+    "text", ['{"x": "Zürich 東京", "n": [1, 2]}', "{", '{"n": 12345678901234567890}']
+)
+def test_bytes_and_str_payloads_decode_alike(twin: Twin, text: str) -> None:
+    """The fetch connections hand over json as UTF-8 bytes; the outcome is the str one's."""
+    (as_str,) = twin.decode.decode_jobs([make_row(text)])
+    (as_bytes,) = twin.decode.decode_jobs([make_row(text.encode())])
+    assert (as_bytes.payload, as_bytes.payload_error) == (as_str.payload, as_str.payload_error)
+
+
+def test_error_read_first_parses_the_payload(twin: Twin) -> None:
+    (job,) = twin.decode.decode_jobs([make_row("{", flags="[")])
+    assert job.payload_error.startswith("payload is not valid JSON: ")
+    assert job.payload is None
+    (job,) = twin.decode.decode_jobs([make_row('{"ok": 1}', flags="[")])
+    assert job.payload_error.startswith("flags is not a JSON object: ")
+    assert job.payload == {"ok": 1}
+
+
+def test_setting_before_reading_replaces_the_pending_text(twin: Twin) -> None:
+    (job,) = twin.decode.decode_jobs([make_row("{")])
+    job.payload = {"set": True}
+    assert job.payload == {"set": True}
+    assert job.payload_error is None  # the bad text was never parsed
+    (job,) = twin.decode.decode_jobs([make_row("{")])
+    job.payload_error = None  # parses first, then overrides the error
+    assert job.payload is None and job.payload_error is None
+
+
+def test_equality_and_as_dict_see_the_parsed_payload(twin: Twin) -> None:
+    (a,) = twin.decode.decode_jobs([make_row('{"n": 1}')])
+    (b,) = twin.decode.decode_jobs([make_row(b'{"n": 1}')])
+    assert a == b
+    assert a.as_dict()["payload"] == {"n": 1}
