@@ -56,7 +56,7 @@ SCENARIOS = (
 )
 ENGINE_SCENARIOS = SCENARIOS[:-1]
 
-FULL = {
+FULL: dict[str, Any] = {
     "enqueue_jobs": 200_000,
     "drain_jobs": 200_000,
     "memory_jobs": 200_000,
@@ -70,7 +70,7 @@ FULL = {
     "spawn_jobs": (100_000, 1_000_000),
     "payload_jobs": 100_000,
 }
-QUICK = {
+QUICK: dict[str, Any] = {
     "enqueue_jobs": 2000,
     "drain_jobs": 3000,
     "memory_jobs": 3000,
@@ -447,6 +447,10 @@ async def run_step(
     return result
 
 
+#: What one failed step raises: recorded in its result, and the run goes on.
+_STEP_ERRORS: tuple[type[BaseException], ...] = (ChildError, *database.ERRORS)
+
+
 def _load_average() -> float | None:
     try:
         return round(os.getloadavg()[0], 2)
@@ -608,7 +612,7 @@ async def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 await admin.clear(step.engine.schema)
                 await admin.checkpoint()
                 result = await run_step(step, child_dsn, plan.sizes, children, admin)
-            except (ChildError, *database.ERRORS) as exc:
+            except _STEP_ERRORS as exc:
                 # One failed run (a child error, the server restarting under us)
                 # is recorded and the run goes on; the exit code reports it.
                 message = scrub(str(exc) or type(exc).__name__, bench_dsn)
