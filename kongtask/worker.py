@@ -23,6 +23,7 @@ from typing import Any, Literal
 import asyncpg
 
 from . import migrate as _migrate
+from . import pooling
 from ._core import decode, dispatch
 from .client import WorkerUtils
 from .completion import Completer
@@ -148,6 +149,11 @@ class Runner:
                     prepared_statements=opts.prepared_statements,
                     **opts.connect_kwargs,
                 )
+                if opts.prepared_statements:
+                    problem = await pooling.check_direct_sessions(self._pool)
+                    if problem is not None:
+                        raise ConfigError(problem)
+                    self.events.on("worker:getJob:error", self._on_fetch_error)
             async with self._pool.acquire() as conn:
                 if opts.migrate:
                     await _migrate.migrate(conn, self.schema)
@@ -331,6 +337,17 @@ class Runner:
             )
             return False
         return self._dsn if self._given_pool is None else _pool_dsn(self._given_pool)
+
+    def _on_fetch_error(self, payload: Mapping[str, Any]) -> None:
+        """A prepared statement lost to a transaction-pooling proxy the start-up probe
+        missed: retrying cannot cure it, so say so in one line and stop (exit code 2)."""
+        error = payload.get("error")
+        if not pooling.is_pooler_error(error) or self._stopping:
+            return
+        assert isinstance(error, BaseException)
+        self.log.error("%s", pooling.mid_run_message(error))
+        self.exit_code = self.exit_code or pooling.EXIT_CODE
+        self._begin_shutdown(self.options.shutdown_timeout)
 
     def _fetching_done(self, task: asyncio.Task[State]) -> None:
         """The fetcher ends when stopped, or drained in ``run_once`` (the pool then
