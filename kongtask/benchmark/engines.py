@@ -89,7 +89,7 @@ class Engine:
 
     def supports(self, scenario: str) -> bool:
         """bench.js has no multi-process mode; everything else both engines do."""
-        return self.kongtask or scenario != "processes"
+        return self.kongtask or scenario not in ("processes", "pgbouncer", "fleet")
 
     def args(self, scenario: str, dsn: str, sizes: Sizes, *, child: str | None = None) -> list[str]:
         """The command line for ``scenario`` (``child`` overrides the child-side name)."""

@@ -26,7 +26,7 @@ from typing import Any
 from kongtask.db import embedded_dsn, mask_dsn, resolve_dsn, scrub
 from kongtask.errors import ConfigError
 
-from . import cpu, database, report, spawn
+from . import cpu, database, fleet, report, spawn
 from .common import median, rnd
 from .engines import (
     GRAPHILE_WORKER,
@@ -51,6 +51,7 @@ SCENARIOS = (
     "startup",
     "processes",
     spawn.SCENARIO,
+    *fleet.SCENARIOS,
     "implementations",
 )
 ENGINE_SCENARIOS = SCENARIOS[:-1]
@@ -139,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_scenarios,
         action="append",
         metavar="A,B,...",
-        help=f"scenarios to run (default all): {', '.join(SCENARIOS)}",
+        help=f"scenarios to run: {', '.join(SCENARIOS)} (default all: every one but "
+        f"{' and '.join(fleet.SCENARIOS)}, which are asked for by name)",
     )
     parser.add_argument(
         "--quick",
@@ -320,7 +322,9 @@ def _brief(scenario: str, result: dict[str, Any]) -> str:
     cpu_use = (
         f"; CPU/job: worker {f('cpu_us_per_job', 1)} µs, PostgreSQL {f('pg_cpu_us_per_job', 1)} µs"
     )
-    if scenario in ("enqueue", "drain", "processes", spawn.SCENARIO):
+    if "skipped" in result:
+        return f"skipped: {result['skipped']}"
+    if scenario in ("enqueue", "drain", "processes", spawn.SCENARIO, *fleet.SCENARIOS):
         extra = f", remaining {result['remaining']}" if "remaining" in result else ""
         return f"{f('jobs_per_sec', 0)} jobs/s in {f('seconds')} s{extra}{cpu_use}"
     if scenario in ("latency", "scheduled"):
@@ -373,6 +377,8 @@ def check(
                 problems.append(
                     f"{engine.name} {scenario}: {name} = {result.get(name)}, expected {wanted}"
                 )
+    elif scenario in fleet.SCENARIOS:
+        problems.extend(fleet.check(scenario, engine, result, sizes))
     elif scenario == "enqueue":
         expect("jobs", sizes.enqueue_jobs)
     elif scenario == "latency":
@@ -392,6 +398,8 @@ async def run_step(
     timeout = sizes.timeout_s + 60
     if scenario == "processes":
         return await children.processes(engine, dsn, sizes, admin)
+    if scenario in fleet.SCENARIOS:
+        return await fleet.run(scenario, step.round, children, engine, dsn, sizes, admin)
     if scenario == spawn.SCENARIO:
         assert step.jobs is not None
         return await spawn.drain_from_spawn(children, engine, dsn, sizes, admin, step.jobs)
@@ -474,7 +482,8 @@ def _sizes(args: argparse.Namespace) -> tuple[Sizes, int]:
 def make_plan(args: argparse.Namespace, stamp: str) -> Plan:
     chosen = [name for group in (args.scenario or [["all"]]) for name in group]
     if "all" in chosen:
-        chosen = list(SCENARIOS)
+        # The fleet scenarios are asked for by name: each step is several drains.
+        chosen = [name for name in SCENARIOS if name not in fleet.SCENARIOS]
     scenarios = [name for name in ENGINE_SCENARIOS if name in chosen]
     with_pure = "implementations" in chosen
     if with_pure and not scenarios:
