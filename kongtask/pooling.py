@@ -1,26 +1,30 @@
 """Refuse, in one clear line, prepared statements through a transaction-pooling proxy.
 
-asyncpg prepares every statement under a name of its own (``__asyncpg_stmt_N__``)
-in the server session of its connection. A PgBouncer in transaction (or
-statement) pooling hands that server session to another client after each
-transaction, so a pool with prepared statements on meets "prepared statement
-... does not exist" and "prepared statement ... already exists" mid-run, on
-some statements, at random. The cure is ``--no-prepared-statements``; this
-module tells the user so, at start-up when it can and mid-run otherwise.
+asyncpg prepares every statement under a name of its own
+(``__asyncpg_stmt_N__``) in the server session of its connection. A PgBouncer
+in transaction (or statement) pooling hands that server session to another
+client after each transaction, so a pool with prepared statements on meets
+"prepared statement ... does not exist" and "prepared statement ... already
+exists" mid-run, on some statements, at random. The cure is
+``--no-prepared-statements``; this module tells the user so, at start-up when
+it can and mid-run otherwise.
 
-The start-up probe tests the failure itself rather than guessing from
-version strings or ``SHOW`` (a pooler forwards ``SHOW`` to the server): it
-prepares a statement under a fresh name on one connection and, while that
-connection stays open, asks from a second one whether its server session
-holds that name. A direct connection and session pooling give each client
-a session of its own, so the answer is no. Transaction pooling that passes
-the name through gives the second client the first one's session (PgBouncer
-hands out the most recently released server connection first), so the answer
-is yes: proof, not a guess. A PgBouncer 1.21+ that tracks prepared statements
-(``max_prepared_statements``) renames them on the server, so the probe finds
-nothing and prepared statements stay on, as they may. A pooler that happens
-to hand out another session every time makes the probe miss; then the first failing
-fetch says the same line (:func:`is_pooler_error`).
+The start-up probe tests the failure itself rather than guessing from version
+strings or ``SHOW`` (a pooler forwards ``SHOW`` to the server): it prepares a
+statement under a fresh name on one connection and, while that connection
+stays open, asks from a second one whether its server session holds that name.
+The second is the pool's LISTEN connection, which goes to the same DSN and is
+open anyway, so the probe costs a few round trips and no connection (two pool
+connections when LISTEN goes elsewhere). A direct connection and session
+pooling give each client a session of its own, so the answer is no.
+Transaction pooling that passes the name through gives the second client the
+first one's session (PgBouncer hands out the most recently released server
+connection first), so the answer is yes: proof, not a guess. A PgBouncer 1.21+
+that tracks prepared statements (``max_prepared_statements``) renames them on
+the server, so the probe finds nothing and prepared statements stay on, as
+they may. A pooler that happens to hand out another session every time makes
+the probe miss; then the first failing fetch says the same line
+(:func:`is_pooler_error`).
 """
 
 from __future__ import annotations
@@ -39,9 +43,9 @@ ADVICE = (
     "run with --no-prepared-statements (prepared_statements=False), and give a direct "
     "--listen-dsn for LISTEN"
 )
-#: Probes at start-up: another client of the pooler (this pool's own LISTEN
-#: connection, starting at the same moment) may take the released session
-#: first; a second or third try then finds it free. Each try is two round trips.
+#: Looks from the second connection: another client of the pooler may hold
+#: the session with the probe statement at that moment; a second or third look
+#: then finds it free. Each look is one round trip (two the first time).
 PROBES = 3
 #: What asyncpg raises when a prepared statement met another client's session.
 POOLER_ERRORS: tuple[type[BaseException], ...] = (
@@ -56,7 +60,8 @@ def is_pooler_error(error: BaseException | None) -> bool:
 
 
 def mid_run_message(error: BaseException) -> str:
-    """The one line for a pooler error met mid-run (asyncpg's own hint is many lines)."""
+    """The one line for a pooler error met outside the probe (during start-up or a
+    fetch); asyncpg's own hint is many lines."""
     first = str(error).splitlines()[0] if str(error) else type(error).__name__
     return (
         f"{first}: the connection goes through a pooler in transaction pooling "
@@ -64,31 +69,28 @@ def mid_run_message(error: BaseException) -> str:
     )
 
 
-async def shares_prepared_statements(pool: asyncpg.Pool) -> bool:
-    """Whether a statement prepared on one connection of ``pool`` is visible, under its
-    own name, in the session of another: the sign of transaction pooling that will
-    lose prepared statements. Needs a pool of two connections or more."""
+async def sees_prepared(first: asyncpg.Connection, second: asyncpg.Connection) -> bool:
+    """Whether a statement prepared on ``first`` is visible, under its own name, in the
+    server session of ``second`` (another client connection to the same DSN): the
+    sign of transaction pooling that will lose prepared statements."""
     name = f"kongtask_pooling_probe_{secrets.token_hex(6)}"
-    async with pool.acquire() as first:
-        await first.prepare(sql.PROBE, name=name)
-        async with pool.acquire() as second:
+    # Kept referenced while looking: asyncpg closes an unreferenced statement
+    # with its connection's next query (which also cleans the probe up after).
+    statement = await first.prepare(sql.PROBE, name=name)
+    try:
+        for _ in range(PROBES):
             try:
-                return bool(await second.fetchval(sql.PREPARED_HERE, name))
+                if await second.fetchval(sql.PREPARED_HERE, name):
+                    return True
             except POOLER_ERRORS:
-                # The check's own statement crossed sessions: sharing too.
-                return True
+                return True  # the check's own statement crossed sessions: sharing too
+        return False
+    finally:
+        del statement
 
 
-async def check_direct_sessions(pool: asyncpg.Pool) -> str | None:
-    """The error line when ``pool`` is seen to share sessions with prepared statements on,
-    else None."""
-    if pool.get_max_size() < 2:
-        return None
-    for _ in range(PROBES):
-        if await shares_prepared_statements(pool):
-            break
-    else:
-        return None
+def problem_line() -> str:
+    """What ``kongtask run`` says (and exits 2 with) when :func:`sees_prepared` is true."""
     return (
         "the database connection goes through a pooler in transaction pooling "
         "(PgBouncer?): a statement prepared on one connection showed up in another "

@@ -124,6 +124,7 @@ class Runner:
         loop = asyncio.get_running_loop()
         opts = self.options
         listening: asyncio.Task[None] | None = None
+        probe = False  # whether to look for a transaction-pooling proxy
         listen_dsn = self._listen_dsn()
         if listen_dsn is not False:
             connect_kwargs = dict(opts.connect_kwargs)
@@ -149,11 +150,7 @@ class Runner:
                     prepared_statements=opts.prepared_statements,
                     **opts.connect_kwargs,
                 )
-                if opts.prepared_statements:
-                    problem = await pooling.check_direct_sessions(self._pool)
-                    if problem is not None:
-                        raise ConfigError(problem)
-                    self.events.on("worker:getJob:error", self._on_fetch_error)
+                probe = opts.prepared_statements
             async with self._pool.acquire() as conn:
                 if opts.migrate:
                     await _migrate.migrate(conn, self.schema)
@@ -177,18 +174,24 @@ class Runner:
                     await self._heartbeat.register(conn)
             if listening is not None:
                 await listening
+            if probe:
+                await self._probe_pooler(listen_dsn == self._dsn)
             if self._cron_items:
                 self._cron = CronScheduler(
                     self._pool, self.schema, self._cron_items, self.events, logger=self.log
                 )
                 await self._cron.start()
-        except BaseException:
+        except BaseException as exc:
             if listening is not None:
                 listening.cancel()
                 await asyncio.gather(listening, return_exceptions=True)
                 assert self._listener is not None
                 await self._listener.stop()
             await self._close_pool()
+            if probe and pooling.is_pooler_error(exc):
+                # Start-up met the pooler before the probe could (two sessions swapped
+                # under the schema check): the same one line.
+                raise ConfigError(pooling.mid_run_message(exc)) from None
             raise
         if self._heartbeat is None:
             self.log.warning(
@@ -337,6 +340,21 @@ class Runner:
             )
             return False
         return self._dsn if self._given_pool is None else _pool_dsn(self._given_pool)
+
+    async def _probe_pooler(self, listens_on_dsn: bool) -> None:
+        """Stop with exit code 2 when prepared statements meet a transaction-pooling
+        proxy (``kongtask.pooling``); else watch the fetches for one it missed."""
+        assert self._pool is not None
+        listening = self._listener.connection if self._listener is not None else None
+        async with self._pool.acquire() as first:
+            if listens_on_dsn and listening is not None:
+                shared = await pooling.sees_prepared(first, listening)
+            else:
+                async with self._pool.acquire() as second:
+                    shared = await pooling.sees_prepared(first, second)
+        if shared:
+            raise ConfigError(pooling.problem_line())
+        self.events.on("worker:getJob:error", self._on_fetch_error)
 
     def _on_fetch_error(self, payload: Mapping[str, Any]) -> None:
         """A prepared statement lost to a transaction-pooling proxy the start-up probe

@@ -24,11 +24,13 @@ async def _missing_statement_error(conn: asyncpg.Connection) -> asyncpg.Postgres
     return caught.value
 
 
-async def test_a_direct_pool_shares_no_session(database_url: str) -> None:
+async def test_direct_connections_share_no_session(database_url: str) -> None:
     pool = await create_pool(database_url, min_size=1, max_size=2)
     try:
-        assert await pooling.shares_prepared_statements(pool) is False
-        assert await pooling.check_direct_sessions(pool) is None
+        async with pool.acquire() as first, pool.acquire() as second:
+            assert await pooling.sees_prepared(first, second) is False
+            # The same connection does see its own statement: the probe can say yes.
+            assert await pooling.sees_prepared(first, first) is True
     finally:
         await pool.close()
 
