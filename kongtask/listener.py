@@ -51,11 +51,6 @@ class Listener:
         self._stopping = False
         self.connected = asyncio.Event()
 
-    @property
-    def connection(self) -> asyncpg.Connection | None:
-        """The LISTEN connection while it is up (the pooling probe also asks it a question)."""
-        return self._conn if self.connected.is_set() else None
-
     async def start(self) -> None:
         """Connect once (raising if the database is unreachable), then keep connected."""
         await self._open()

@@ -7,29 +7,31 @@ client after each transaction, so a pool with prepared statements on meets
 "prepared statement ... does not exist" and "prepared statement ... already
 exists" mid-run, on some statements, at random. The cure is
 ``--no-prepared-statements``; this module tells the user so, at start-up when
-it can and mid-run otherwise.
+it can and at the first failing fetch otherwise.
 
-The start-up probe tests the failure itself rather than guessing from version
-strings or ``SHOW`` (a pooler forwards ``SHOW`` to the server): it prepares a
-statement under a fresh name on one connection and, while that connection
-stays open, asks from a second one whether its server session holds that name.
-The second is the pool's LISTEN connection, which goes to the same DSN and is
-open anyway, so the probe costs a few round trips and no connection (two pool
-connections when LISTEN goes elsewhere). A direct connection and session
-pooling give each client a session of its own, so the answer is no.
-Transaction pooling that passes the name through gives the second client the
-first one's session (PgBouncer hands out the most recently released server
-connection first), so the answer is yes: proof, not a guess. A PgBouncer 1.21+
-that tracks prepared statements (``max_prepared_statements``) renames them on
-the server, so the probe finds nothing and prepared statements stay on, as
-they may. A pooler that happens to hand out another session every time makes
-the probe miss; then the first failing fetch says the same line
+At start-up, one round trip tells a direct connection from one through a proxy
+(:func:`behind_proxy`): a pooler cannot give its clients the key of a backend
+it will not keep, so the backend serving a statement differs from the one
+named at login. Only behind a proxy does the probe run
+(:func:`shares_sessions`), testing the failure itself rather than guessing
+from version strings or ``SHOW`` (a pooler forwards ``SHOW`` to the server): a
+statement prepared under a fresh name on one new connection, and a second new
+connection asked whether its server session holds that name. Session pooling
+gives each client a session of its own: no. Transaction pooling that passes
+the name through gives the second client the first one's session (PgBouncer
+hands out the session released last): yes, or the second client's own
+statement clashes there, which is proof too. A PgBouncer 1.21+ that tracks
+prepared statements (``max_prepared_statements``) renames them on the server,
+so the probe finds nothing and prepared statements stay on, as they may (not
+tested here: Debian 12 ships 1.18). A pooler that hands out another session
+makes the probe miss; then the first failing fetch says the same line
 (:func:`is_pooler_error`).
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 
@@ -69,22 +71,56 @@ def mid_run_message(error: BaseException) -> str:
     )
 
 
-async def sees_prepared(first: asyncpg.Connection, second: asyncpg.Connection) -> bool:
-    """Whether a statement prepared on ``first`` is visible, under its own name, in the
-    server session of ``second`` (another client connection to the same DSN): the
-    sign of transaction pooling that will lose prepared statements."""
+async def behind_proxy(conn: asyncpg.Connection) -> bool:
+    """Whether something stands between ``conn`` and PostgreSQL: the backend that runs
+    a statement is not the one named at login. One round trip; the probe
+    (:func:`sees_prepared`, two more connections) runs only when this is true.
+
+    A pooler cannot tell a client the key of a backend it will not keep, so
+    PgBouncer makes one up (tried: 1751377343 at login, backend 24562); a direct
+    connection is told its own backend's pid.
+    """
+    return await conn.fetchval(sql.BACKEND_PID) != conn.get_server_pid()
+
+
+async def shares_sessions(connect: Callable[[], Awaitable[asyncpg.Connection]]) -> bool:
+    """Whether a statement prepared on one connection made by ``connect`` is visible,
+    under its own name, in the server session of a second one: the sign of
+    transaction pooling that will lose prepared statements.
+
+    The first connection prepares, then runs a simple query: PgBouncer 1.18
+    keeps a client's server until a statement of the simple protocol ends
+    (tried: without it the second client never saw the first one's session).
+    The second connects only then, so no fresh server session is released in
+    between, and its first statement goes to the session released last.
+    """
+    first = await connect()
+    try:
+        return await _looks(first, connect)
+    finally:
+        await first.close()
+
+
+async def _looks(
+    first: asyncpg.Connection, connect: Callable[[], Awaitable[asyncpg.Connection]]
+) -> bool:
     name = f"kongtask_pooling_probe_{secrets.token_hex(6)}"
     # Kept referenced while looking: asyncpg closes an unreferenced statement
-    # with its connection's next query (which also cleans the probe up after).
+    # with its connection's next query.
     statement = await first.prepare(sql.PROBE, name=name)
     try:
-        for _ in range(PROBES):
-            try:
-                if await second.fetchval(sql.PREPARED_HERE, name):
-                    return True
-            except POOLER_ERRORS:
-                return True  # the check's own statement crossed sessions: sharing too
-        return False
+        await first.execute(sql.PROBE)
+        second = await connect()
+        try:
+            for _ in range(PROBES):
+                try:
+                    if await second.fetchval(sql.PREPARED_HERE, name):
+                        return True
+                except POOLER_ERRORS:
+                    return True  # its own statement crossed sessions: sharing too
+            return False
+        finally:
+            await second.close()
     finally:
         del statement
 

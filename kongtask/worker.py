@@ -30,7 +30,7 @@ from .completion import Completer
 from .config import resolve_schema
 from .cron import CronScheduler
 from .crontab import as_cron_items
-from .db import DB_ERRORS, DB_OR_TIMEOUT_ERRORS, create_pool, mask_dsn, resolve_dsn
+from .db import DB_ERRORS, DB_OR_TIMEOUT_ERRORS, connect, create_pool, mask_dsn, resolve_dsn
 from .errors import ConfigError, SchemaTooNew
 from .events import EventEmitter
 from .fetch_cycle import FetchCycle
@@ -152,6 +152,8 @@ class Runner:
                 )
                 probe = opts.prepared_statements
             async with self._pool.acquire() as conn:
+                if probe:
+                    probe = await pooling.behind_proxy(conn)
                 if opts.migrate:
                     await _migrate.migrate(conn, self.schema)
                 else:
@@ -175,7 +177,9 @@ class Runner:
             if listening is not None:
                 await listening
             if probe:
-                await self._probe_pooler(listen_dsn == self._dsn)
+                await self._probe_pooler()
+            if opts.prepared_statements and self._given_pool is None:
+                self.events.on("worker:getJob:error", self._on_fetch_error)
             if self._cron_items:
                 self._cron = CronScheduler(
                     self._pool, self.schema, self._cron_items, self.events, logger=self.log
@@ -341,20 +345,14 @@ class Runner:
             return False
         return self._dsn if self._given_pool is None else _pool_dsn(self._given_pool)
 
-    async def _probe_pooler(self, listens_on_dsn: bool) -> None:
+    async def _probe_pooler(self) -> None:
         """Stop with exit code 2 when prepared statements meet a transaction-pooling
-        proxy (``kongtask.pooling``); else watch the fetches for one it missed."""
-        assert self._pool is not None
-        listening = self._listener.connection if self._listener is not None else None
-        async with self._pool.acquire() as first:
-            if listens_on_dsn and listening is not None:
-                shared = await pooling.sees_prepared(first, listening)
-            else:
-                async with self._pool.acquire() as second:
-                    shared = await pooling.sees_prepared(first, second)
-        if shared:
+        proxy (``kongtask.pooling``). Only behind a proxy
+        (:func:`kongtask.pooling.behind_proxy`): it opens two connections of its
+        own, one after the other, and closes them."""
+        dsn, kwargs = self._dsn, self.options.connect_kwargs
+        if await pooling.shares_sessions(lambda: connect(dsn, **kwargs)):
             raise ConfigError(pooling.problem_line())
-        self.events.on("worker:getJob:error", self._on_fetch_error)
 
     def _on_fetch_error(self, payload: Mapping[str, Any]) -> None:
         """A prepared statement lost to a transaction-pooling proxy the start-up probe

@@ -14,7 +14,6 @@ import pytest
 
 import kongtask
 from kongtask import WorkerUtils, pooling
-from kongtask.db import create_pool
 
 
 async def _missing_statement_error(conn: asyncpg.Connection) -> asyncpg.PostgresError:
@@ -25,14 +24,17 @@ async def _missing_statement_error(conn: asyncpg.Connection) -> asyncpg.Postgres
 
 
 async def test_direct_connections_share_no_session(database_url: str) -> None:
-    pool = await create_pool(database_url, min_size=1, max_size=2)
+    async def connect() -> asyncpg.Connection:
+        return await asyncpg.connect(database_url)
+
+    assert await pooling.shares_sessions(connect) is False
+    conn = await connect()
     try:
-        async with pool.acquire() as first, pool.acquire() as second:
-            assert await pooling.sees_prepared(first, second) is False
-            # The same connection does see its own statement: the probe can say yes.
-            assert await pooling.sees_prepared(first, first) is True
+        assert await pooling.behind_proxy(conn) is False
+        # One connection does see its own statement: the probe can say yes.
+        assert await pooling._looks(conn, lambda: asyncio.sleep(0, conn)) is True
     finally:
-        await pool.close()
+        await conn.close()
 
 
 async def test_mid_run_message_is_one_line_naming_the_option(conn: asyncpg.Connection) -> None:

@@ -7,3 +7,6 @@ from __future__ import annotations
 PREPARED_HERE = "select exists (select from pg_prepared_statements where name = $1)"
 #: What the probe prepares on the first connection: any statement would do.
 PROBE = "select 1"
+#: The backend serving this statement, to compare with the one the connection
+#: was told of at login (``BackendKeyData``).
+BACKEND_PID = "select pg_backend_pid()"
