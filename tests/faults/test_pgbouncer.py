@@ -291,8 +291,8 @@ async def test_cron_through_pgbouncer_runs_each_tick_once(scenario: Scenario) ->
 
 @pytest.mark.skipif(not Path(PGBOUNCER).exists(), reason="pgbouncer is not installed")
 async def test_prepared_statements_through_pgbouncer_is_one_clear_line(scenario: Scenario) -> None:
-    """A pool with prepared statements on, pointed at transaction pooling, stops with
-    exit code 2 and one line that names the cure, no traceback."""
+    """A pool with prepared statements on, pointed at transaction pooling, stops at
+    start-up with exit code 2 and one line that names the cure, no traceback."""
     await _create_server_role(scenario)
     await scenario.add(work(20))
     async with pgbouncer(scenario) as port:
@@ -306,10 +306,11 @@ async def test_prepared_statements_through_pgbouncer_is_one_clear_line(scenario:
     assert code == 2, output
     assert "Traceback" not in output, output
     assert len(errors) == 1 and "--no-prepared-statements" in errors[0], output
-    # Usually the start-up probe stops it before " ready: "; a probe that missed is
-    # caught by the first failing fetch, with the same line. Either way nothing is
-    # lost or left locked: every job ran once or is still waiting.
-    remaining = await scenario.remaining()
-    assert scenario.observer.count("end") + len(remaining) == 20
-    verdict = await scenario.verdict()
-    assert verdict.locked == 0 and verdict.lost == [] and verdict.repeats == []
+    # A fresh PgBouncer: the start-up probe catches it before the pool is ready
+    # (a used one: the first start-up statement clashes, with the same line).
+    assert " ready: " not in output
+    left = await scenario.conn.fetchval(
+        "select count(*) from graphile_worker._private_jobs"
+        " where attempts = 0 and locked_at is null"
+    )
+    assert left == 20, "a job was taken"
