@@ -487,7 +487,7 @@ def make_plan(args: argparse.Namespace, stamp: str) -> Plan:
     scenarios = [name for name in ENGINE_SCENARIOS if name in chosen]
     with_pure = "implementations" in chosen
     if with_pure and not scenarios:
-        scenarios = list(ENGINE_SCENARIOS)
+        scenarios = [name for name in ENGINE_SCENARIOS if name not in fleet.SCENARIOS]
     sizes, rounds = _sizes(args)
     notes: list[str] = []
     engines: list[Engine] = []
