@@ -23,12 +23,13 @@ from typing import TYPE_CHECKING, Any, Literal
 import asyncpg
 
 from . import migrate as _migrate
+from . import pooling
 from ._core import IMPLEMENTATION, decode, dispatch
 from .client import WorkerUtils
 from .completion import Completer
 from .config import resolve_schema
 from .crontab import as_cron_items
-from .db import DB_ERRORS, DB_OR_TIMEOUT_ERRORS, create_pool, mask_dsn, resolve_dsn
+from .db import DB_ERRORS, DB_OR_TIMEOUT_ERRORS, connect, create_pool, mask_dsn, resolve_dsn
 from .errors import ConfigError, SchemaTooNew
 from .events import EventEmitter
 from .fetch_cycle import FetchCycle
@@ -126,6 +127,7 @@ class Runner:
         loop = asyncio.get_running_loop()
         opts = self.options
         listening: asyncio.Task[None] | None = None
+        probe = False  # whether to look for a transaction-pooling proxy
         listen_dsn = self._listen_dsn()
         if listen_dsn is not False:
             connect_kwargs = dict(opts.connect_kwargs)
@@ -151,7 +153,10 @@ class Runner:
                     prepared_statements=opts.prepared_statements,
                     **opts.connect_kwargs,
                 )
+                probe = opts.prepared_statements
             async with self._pool.acquire() as conn:
+                if probe:
+                    probe = await pooling.behind_proxy(conn)
                 if opts.migrate:
                     # migrate() read the track's version already: two round trips fewer.
                     track = (await _migrate.migrate(conn, self.schema)).kongtask_version
@@ -176,6 +181,10 @@ class Runner:
                     await self._heartbeat.register(conn)
             if listening is not None:
                 await listening
+            if probe:
+                await self._probe_pooler()
+            if opts.prepared_statements and self._given_pool is None:
+                self.events.on("worker:getJob:error", self._on_fetch_error)
             if self._cron_items:
                 warn_unhandled_cron(self._cron_items, task_names, self.log)
                 from .cron import CronScheduler  # only pools with a crontab need it
@@ -184,13 +193,17 @@ class Runner:
                     self._pool, self.schema, self._cron_items, self.events, logger=self.log
                 )
                 await self._cron.start()
-        except BaseException:
+        except BaseException as exc:
             if listening is not None:
                 listening.cancel()
                 await asyncio.gather(listening, return_exceptions=True)
                 assert self._listener is not None
                 await self._listener.stop()
             await self._close_pool()
+            if probe and pooling.is_pooler_error(exc):
+                # Start-up met the pooler before the probe could (two sessions swapped
+                # under the schema check): the same one line.
+                raise ConfigError(pooling.mid_run_message(exc)) from None
             raise
         if self._heartbeat is None:
             self.log.warning(
@@ -350,6 +363,26 @@ class Runner:
             )
             return False
         return self._dsn if self._given_pool is None else _pool_dsn(self._given_pool)
+
+    async def _probe_pooler(self) -> None:
+        """Stop with exit code 2 when prepared statements meet a transaction-pooling
+        proxy (``kongtask.pooling``). Only behind a proxy
+        (:func:`kongtask.pooling.behind_proxy`): it opens two connections of its
+        own, one after the other, and closes them."""
+        dsn, kwargs = self._dsn, self.options.connect_kwargs
+        if await pooling.shares_sessions(lambda: connect(dsn, **kwargs)):
+            raise ConfigError(pooling.problem_line())
+
+    def _on_fetch_error(self, payload: Mapping[str, Any]) -> None:
+        """A prepared statement lost to a transaction-pooling proxy the start-up probe
+        missed: retrying cannot cure it, so say so in one line and stop (exit code 2)."""
+        error = payload.get("error")
+        if not pooling.is_pooler_error(error) or self._stopping:
+            return
+        assert isinstance(error, BaseException)
+        self.log.error("%s", pooling.mid_run_message(error))
+        self.exit_code = self.exit_code or pooling.EXIT_CODE
+        self._begin_shutdown(self.options.shutdown_timeout)
 
     def _fetching_done(self, task: asyncio.Task[State]) -> None:
         """The fetcher ends when stopped, or drained in ``run_once`` (the pool then

@@ -90,9 +90,9 @@ class Engine:
     worker: list[str] = field(default_factory=list)
 
     def supports(self, scenario: str) -> bool:
-        """bench.js has no multi-process mode, and the payload scenario compares kongtask's
-        twins only; everything else both engines do."""
-        return self.kongtask or scenario not in ("processes", "payload")
+        """bench.js has no multi-process mode and no PgBouncer or fleet scenario, and the
+        payload scenario compares kongtask's twins only; everything else both engines do."""
+        return self.kongtask or scenario not in ("processes", "payload", "pgbouncer", "fleet")
 
     def args(self, scenario: str, dsn: str, sizes: Sizes, *, child: str | None = None) -> list[str]:
         """The command line for ``scenario`` (``child`` overrides the child-side name)."""

@@ -26,7 +26,7 @@ from typing import Any
 from kongtask.db import EmbeddedServer, mask_dsn, resolve_dsn, scrub, start_embedded
 from kongtask.errors import ConfigError
 
-from . import cpu, database, payload, report, spawn
+from . import cpu, database, fleet, payload, report, spawn
 from .common import median, rnd
 from .engines import (
     GRAPHILE_WORKER,
@@ -52,6 +52,7 @@ SCENARIOS = (
     "processes",
     spawn.SCENARIO,
     payload.SCENARIO,
+    *fleet.SCENARIOS,
     "implementations",
 )
 ENGINE_SCENARIOS = SCENARIOS[:-1]
@@ -142,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_scenarios,
         action="append",
         metavar="A,B,...",
-        help=f"scenarios to run (default all): {', '.join(SCENARIOS)}",
+        help=f"scenarios to run: {', '.join(SCENARIOS)} (default all: every one but "
+        f"{' and '.join(fleet.SCENARIOS)}, which are asked for by name)",
     )
     parser.add_argument(
         "--quick",
@@ -330,7 +332,9 @@ def _brief(scenario: str, result: dict[str, Any]) -> str:
     cpu_use = (
         f"; CPU/job: worker {f('cpu_us_per_job', 1)} µs, PostgreSQL {f('pg_cpu_us_per_job', 1)} µs"
     )
-    if scenario in ("enqueue", "drain", "processes", spawn.SCENARIO):
+    if "skipped" in result:
+        return f"skipped: {result['skipped']}"
+    if scenario in ("enqueue", "drain", "processes", spawn.SCENARIO, *fleet.SCENARIOS):
         extra = f", remaining {result['remaining']}" if "remaining" in result else ""
         return f"{f('jobs_per_sec', 0)} jobs/s in {f('seconds')} s{extra}{cpu_use}"
     if scenario in ("latency", "scheduled"):
@@ -390,6 +394,8 @@ def check(
                 problems.append(
                     f"{engine.name} {scenario}: {name} = {result.get(name)}, expected {wanted}"
                 )
+    elif scenario in fleet.SCENARIOS:
+        problems.extend(fleet.check(scenario, engine, result, sizes))
     elif scenario == "enqueue":
         expect("jobs", sizes.enqueue_jobs)
     elif scenario == "latency":
@@ -411,6 +417,8 @@ async def run_step(
         return await children.processes(engine, dsn, sizes, admin)
     if scenario == payload.SCENARIO:
         return await payload.payload_scenario(children, engine, dsn, sizes, admin)
+    if scenario in fleet.SCENARIOS:
+        return await fleet.run(scenario, step.round, children, engine, dsn, sizes, admin)
     if scenario == spawn.SCENARIO:
         assert step.jobs is not None
         return await spawn.drain_from_spawn(children, engine, dsn, sizes, admin, step.jobs)
@@ -502,11 +510,12 @@ def _sizes(args: argparse.Namespace) -> tuple[Sizes, int]:
 def make_plan(args: argparse.Namespace, stamp: str) -> Plan:
     chosen = [name for group in (args.scenario or [["all"]]) for name in group]
     if "all" in chosen:
-        chosen = list(SCENARIOS)
+        # The fleet scenarios are asked for by name: each step is several drains.
+        chosen = [name for name in SCENARIOS if name not in fleet.SCENARIOS]
     scenarios = [name for name in ENGINE_SCENARIOS if name in chosen]
     with_pure = "implementations" in chosen
     if with_pure and not scenarios:
-        scenarios = list(ENGINE_SCENARIOS)
+        scenarios = [name for name in ENGINE_SCENARIOS if name not in fleet.SCENARIOS]
     # The payload scenario is a compiled/pure comparison by definition.
     pure_scenarios = None if with_pure else (payload.SCENARIO,)
     with_pure = with_pure or payload.SCENARIO in scenarios

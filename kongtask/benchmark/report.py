@@ -20,6 +20,7 @@ import orjson
 
 import kongtask
 
+from . import fleet
 from .common import median
 from .spawn import jobs_of
 
@@ -130,7 +131,8 @@ def metrics_for(summary: Mapping[str, Any]) -> list[Metric]:
     """Every row this run can fill: one block per spawn size after the throughput rows."""
     keys = sorted((k for k in summary if jobs_of(k) is not None), key=lambda k: jobs_of(k) or 0)
     spawned = [m for k in keys for m in spawn_metrics(k)]
-    return [*THROUGHPUT_METRICS, *spawned, *LATER_METRICS]
+    fleets = [Metric(*row) for row in fleet.METRIC_ROWS if row[0] in summary]
+    return [*THROUGHPUT_METRICS, *spawned, *fleets, *LATER_METRICS]
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
+from datetime import datetime
 from functools import cache
 from pathlib import Path
 
@@ -215,3 +216,101 @@ async def test_through_pgbouncer_transaction_pooling(scenario: Scenario, mode: s
     assert 0 < peaks["bouncer"] <= POOL_SIZE
     # LISTEN is the only connection that bypasses PgBouncer, one per worker.
     assert peaks["direct"] == (WORKERS if listen_direct else 0)
+
+
+#: A cron task added to the scenario's task module: one line per run, the
+#: tick it was added for (``_cron.ts``), its job id and the process.
+CRON_TASK = """
+
+_TICKS_PATH = os.environ["KONGTASK_FAULTS_LOG"] + ".cron"
+_TICKS = os.open(_TICKS_PATH, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+
+
+@tasks.task("cron_tick")
+async def cron_tick(payload, helpers):
+    line = f"{payload['_cron']['ts']} {helpers.job.id} {os.getpid()}\\n"
+    os.write(_TICKS, line.encode())
+"""
+TICKS = 2
+
+
+@pytest.mark.skipif(not Path(PGBOUNCER).exists(), reason="pgbouncer is not installed")
+async def test_cron_through_pgbouncer_runs_each_tick_once(scenario: Scenario) -> None:
+    """Two pools with one crontab, both through PgBouncer in transaction pooling:
+    each minute's job is added once (the ``known_crontabs`` row lock and the
+    insert share one transaction, which transaction pooling keeps whole) and runs once."""
+    started = time.monotonic()
+    await _create_server_role(scenario)
+    tasks_module = scenario.workdir / "faults_tasks.py"
+    tasks_module.write_text(tasks_module.read_text() + CRON_TASK)
+    (scenario.workdir / "crontab").write_text("* * * * * cron_tick\n")
+    ticks_log = Path(f"{scenario.observer.path}.cron")
+
+    def runs() -> list[tuple[str, int, int]]:
+        if not ticks_log.exists():
+            return []
+        return [
+            (ts, int(job), int(pid))
+            for ts, job, pid in (line.split() for line in ticks_log.read_text().splitlines())
+        ]
+
+    async with pgbouncer(scenario) as port:
+        fleet = scenario.fleet
+        fleet.dsn = f"postgresql://postgres@127.0.0.1:{port}/faults?application_name={WORKER_APP}"
+        args = ["--no-prepared-statements", "--poll-interval", "200", "--crontab", "crontab"]
+        for _ in range(WORKERS):
+            await fleet.start(*args)
+
+        async def ticked() -> bool:
+            return len({ts for ts, _, _ in runs()}) >= TICKS
+
+        # Ticks come on minute boundaries: TICKS of them take up to TICKS + 1 minutes.
+        await wait_for(ticked, f"{TICKS} cron ticks", timeout=60 * (TICKS + 1) + 30, fleet=fleet)
+        await scenario.wait_drained(timeout=30)
+        await fleet.stop_all()
+
+    done = runs()
+    by_tick: dict[str, list[int]] = {}
+    for ts, job, _ in done:
+        by_tick.setdefault(ts, []).append(job)
+    print(
+        f"\nfaults: pgbouncer cron ticks={len(by_tick)} runs={len(done)} "
+        f"pids={len({pid for _, _, pid in done})} time={time.monotonic() - started:.1f}s",
+        flush=True,
+    )
+    assert len(by_tick) >= TICKS
+    assert all(len(jobs) == 1 for jobs in by_tick.values()), by_tick
+    assert await scenario.jobs_left() == 0
+    known = await scenario.conn.fetchval(
+        "select last_execution from graphile_worker._private_known_crontabs"
+        " where identifier = 'cron_tick'"
+    )
+    newest = datetime.strptime(max(by_tick), "%Y-%m-%dT%H:%M:%S.%f%z")
+    assert known == newest, (known, by_tick)
+
+
+@pytest.mark.skipif(not Path(PGBOUNCER).exists(), reason="pgbouncer is not installed")
+async def test_prepared_statements_through_pgbouncer_is_one_clear_line(scenario: Scenario) -> None:
+    """A pool with prepared statements on, pointed at transaction pooling, stops at
+    start-up with exit code 2 and one line that names the cure, no traceback."""
+    await _create_server_role(scenario)
+    await scenario.add(work(20))
+    async with pgbouncer(scenario) as port:
+        fleet = scenario.fleet
+        fleet.dsn = f"postgresql://postgres@127.0.0.1:{port}/faults?application_name={WORKER_APP}"
+        worker = await fleet.start(name="prepared", ready=False)
+        worker.expected_exit = True
+        code = await worker.wait_exit(60)
+    output = worker.stderr()
+    errors = [line for line in output.splitlines() if " ERROR " in line]
+    assert code == 2, output
+    assert "Traceback" not in output, output
+    assert len(errors) == 1 and "--no-prepared-statements" in errors[0], output
+    # A fresh PgBouncer: the start-up probe catches it before the pool is ready
+    # (a used one: the first start-up statement clashes, with the same line).
+    assert " ready: " not in output
+    left = await scenario.conn.fetchval(
+        "select count(*) from graphile_worker._private_jobs"
+        " where attempts = 0 and locked_at is null"
+    )
+    assert left == 20, "a job was taken"

@@ -1,0 +1,269 @@
+"""Fleet scenarios: the same fill drained two ways in one step, so their ratio is same-run.
+
+``pgbouncer``
+    N jobs drained by one ``kongtask run`` process connected directly, then
+    (fresh fill) by one connected through a private PgBouncer in transaction
+    pooling (``--no-prepared-statements``, a direct ``--listen-dsn``), the
+    order alternating by round. It shows what a fleet pays for PgBouncer:
+    wall time, PostgreSQL CPU per job, and PgBouncer's own CPU per job.
+    Without a ``pgbouncer`` binary the step is skipped with one line.
+
+``fleet``
+    N jobs drained by one ``kongtask run`` process, then (fresh fill) by four
+    started at once, each with the same ``-j`` (more hosts, not a bigger
+    one). It shows how throughput scales on this machine and what limits a
+    fleet: PostgreSQL CPU per job, which stays whatever the worker count.
+
+Both time whole processes from spawn to ``count(*) = 0`` (polled by the
+harness, as drain-from-spawn does), read the workers' CPU from ``/proc``
+before SIGTERM, sample the server's CPU at the edges, and check exactly-once
+from the no-op task's per-process count and sum of payload numbers. Only
+kongtask engines run them (graphile-worker's side has no PgBouncer option).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import IO, Any
+
+from kongtask.db import mask_dsn
+
+from . import bouncer
+from .common import TASK, per_job_us, rnd
+from .cpu import process_cpu_s
+from .database import Admin
+from .engines import ChildError, Children, Engine, Sizes, stderr_tail
+from .spawn import STOP_TIMEOUT_S
+
+PGBOUNCER = "pgbouncer"
+FLEET = "fleet"
+SCENARIOS = (PGBOUNCER, FLEET)
+#: Worker processes of the ``fleet`` scenario's many-process side.
+FLEET_PROCESSES = 4
+#: PgBouncer's server connections: one process at ``-j 24`` uses up to 20 directly.
+BOUNCER_POOL = 20
+
+#: Table rows (scenario, key, label, unit, higher is better) for report.py.
+METRIC_ROWS: tuple[tuple[str, str, str, str, bool], ...] = (
+    (PGBOUNCER, "direct_jobs_per_sec", "drain from spawn, direct", "jobs/s", True),
+    (PGBOUNCER, "jobs_per_sec", "drain from spawn, via PgBouncer", "jobs/s", True),
+    (PGBOUNCER, "direct_pg_cpu_us_per_job", "direct: PostgreSQL CPU", "µs/job", False),
+    (PGBOUNCER, "pg_cpu_us_per_job", "via PgBouncer: PostgreSQL CPU", "µs/job", False),
+    (PGBOUNCER, "bouncer_cpu_us_per_job", "via PgBouncer: PgBouncer CPU", "µs/job", False),
+    (FLEET, "one_jobs_per_sec", "drain from spawn, 1 process", "jobs/s", True),
+    (FLEET, "jobs_per_sec", f"drain from spawn, {FLEET_PROCESSES} processes", "jobs/s", True),
+    (FLEET, "one_pg_cpu_us_per_job", "1 process: PostgreSQL CPU", "µs/job", False),
+    (FLEET, "pg_cpu_us_per_job", f"{FLEET_PROCESSES} processes: PostgreSQL CPU", "µs/job", False),
+    (FLEET, "cpu_us_per_job", f"{FLEET_PROCESSES} processes: workers' CPU", "µs/job", False),
+)
+
+
+def jobs_for(scenario: str, sizes: Sizes) -> int:
+    """The fill of each side: drain's size for ``pgbouncer``, processes' for ``fleet``."""
+    return sizes.drain_jobs if scenario == PGBOUNCER else sizes.processes_jobs
+
+
+async def run(
+    scenario: str,
+    round_no: int,
+    children: Children,
+    engine: Engine,
+    dsn: str,
+    sizes: Sizes,
+    admin: Admin,
+) -> dict[str, Any]:
+    """One step of a fleet scenario: both sides, in an order alternating by round."""
+    jobs = jobs_for(scenario, sizes)
+    if scenario == PGBOUNCER:
+        if bouncer.binary() is None:
+            return {"scenario": scenario, "skipped": "pgbouncer is not installed"}
+        return await _pgbouncer(round_no, children, engine, dsn, sizes, admin, jobs)
+    one_first = round_no % 2 == 1
+    sides: dict[str, dict[str, Any]] = {}
+    for count in (1, FLEET_PROCESSES) if one_first else (FLEET_PROCESSES, 1):
+        argv = engine.worker_args(dsn, sizes.concurrency)
+        sides["one" if count == 1 else "many"] = await drain(
+            children, engine, [argv] * count, sizes, admin, jobs
+        )
+    many, one = sides["many"], sides["one"]
+    return {
+        "scenario": scenario,
+        **many,
+        "processes": FLEET_PROCESSES,
+        **{f"one_{key}": value for key, value in one.items() if key != "command"},
+        "speedup": rnd(many["jobs_per_sec"] / one["jobs_per_sec"]),
+        "first": "1 process" if one_first else f"{FLEET_PROCESSES} processes",
+    }
+
+
+async def _pgbouncer(
+    round_no: int,
+    children: Children,
+    engine: Engine,
+    dsn: str,
+    sizes: Sizes,
+    admin: Admin,
+    jobs: int,
+) -> dict[str, Any]:
+    sides: dict[str, dict[str, Any]] = {}
+    direct_first = round_no % 2 == 1
+    async with bouncer.pgbouncer(admin.dsn, pool_size=BOUNCER_POOL) as running:
+        pooled = [
+            *engine.worker_args(running.dsn, sizes.concurrency),
+            "--no-prepared-statements",
+            "--listen-dsn",
+            dsn,
+        ]
+        for side in ("direct", "bouncer") if direct_first else ("bouncer", "direct"):
+            argv = engine.worker_args(dsn, sizes.concurrency) if side == "direct" else pooled
+            watch = running.pid() if side == "bouncer" else None
+            sides[side] = await drain(children, engine, [argv], sizes, admin, jobs, watch=watch)
+    via, direct = sides["bouncer"], sides["direct"]
+    return {
+        "scenario": PGBOUNCER,
+        **via,
+        **{f"direct_{key}": value for key, value in direct.items() if key != "command"},
+        "ratio_to_direct": rnd(via["jobs_per_sec"] / direct["jobs_per_sec"]),
+        "pool_size": BOUNCER_POOL,
+        "first": "direct" if direct_first else "via PgBouncer",
+    }
+
+
+async def drain(
+    children: Children,
+    engine: Engine,
+    argvs: Sequence[list[str]],
+    sizes: Sizes,
+    admin: Admin,
+    jobs: int,
+    *,
+    watch: int | None = None,
+) -> dict[str, Any]:
+    """Fresh fill of ``jobs``; spawn every command at once; poll until the table is
+    empty; CPU of the workers, the server and ``watch`` (PgBouncer); SIGTERM; check."""
+    schema = engine.schema
+    await admin.fill(schema, TASK, jobs)
+    await admin.checkpoint()
+    poll_s = sizes.empty_poll_ms / 1000
+    errs: list[IO[bytes]] = [tempfile.TemporaryFile() for _ in argvs]  # noqa: SIM115
+    procs: list[asyncio.subprocess.Process] = []
+    try:
+        watch0 = process_cpu_s(watch) if watch is not None else None
+        pg0 = children.server_cpu.sample()
+        t0 = time.perf_counter()
+        for argv, err in zip(argvs, errs, strict=True):
+            procs.append(await children.spawn(engine, argv, err, asyncio.subprocess.DEVNULL))
+        polls = 0
+        while True:
+            polls += 1
+            await asyncio.sleep(max(0.0, t0 + polls * poll_s - time.perf_counter()))
+            dead = [i for i, proc in enumerate(procs) if proc.returncode is not None]
+            if dead:
+                raise ChildError(
+                    f"{engine.label}: worker {dead[0]} exited (code "
+                    f"{procs[dead[0]].returncode}) before the queue emptied"
+                    + stderr_tail(errs[dead[0]])
+                )
+            if await admin.count_jobs(schema) == 0:
+                break
+            if time.perf_counter() - t0 > sizes.timeout_s:
+                raise ChildError(f"{engine.label}: timed out before the queue emptied")
+        seconds = time.perf_counter() - t0
+        worker_cpu = [process_cpu_s(proc.pid) for proc in procs]
+        pg1 = children.server_cpu.sample()
+        watch1 = process_cpu_s(watch) if watch is not None else None
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        outs = await asyncio.wait_for(
+            asyncio.gather(*(proc.communicate() for proc in procs)), STOP_TIMEOUT_S
+        )
+        exits = [
+            _exit_line(children, engine, proc, out, err)
+            for proc, (out, _), err in zip(procs, outs, errs, strict=True)
+        ]
+    except asyncio.TimeoutError:
+        raise ChildError(
+            f"{engine.label}: workers did not exit within {STOP_TIMEOUT_S:.0f} s of SIGTERM"
+            + "".join(stderr_tail(err) for err in errs)
+        ) from None
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+            children.forget(proc)
+        for err in errs:
+            err.close()
+    cpu = None if None in worker_cpu else sum(c for c in worker_cpu if c is not None)
+    handled = sum(int(e.get("handled") or 0) for e in exits)
+    total = sum(int(e.get("sum") or 0) for e in exits)
+    bouncer_cpu = None if watch0 is None or watch1 is None else watch1 - watch0
+    result: dict[str, Any] = {
+        "jobs": jobs,
+        "seconds": rnd(seconds),
+        "jobs_per_sec": rnd(jobs / seconds, 1),
+        "cpu_s": rnd(cpu, 4),
+        "cpu_us_per_job": per_job_us(cpu, jobs),
+        **children.server_cpu_per_job(pg0, pg1, jobs),
+        "handled": handled,
+        "per_process": [int(e.get("handled") or 0) for e in exits],
+        "never_started": sum(1 for e in exits if e.get("never_started")),
+        "checksum_ok": handled == jobs and total == jobs * (jobs + 1) // 2,
+        "remaining": await admin.count_jobs(schema),
+        "locked": await admin.count_locked(schema),
+        "concurrency": sizes.concurrency,
+        "command": [mask_dsn(a) if "://" in a else a for a in argvs[0]],
+    }
+    if watch is not None:
+        result["bouncer_cpu_s"] = rnd(bouncer_cpu, 4)
+        result["bouncer_cpu_us_per_job"] = per_job_us(bouncer_cpu, jobs)
+    return result
+
+
+def _exit_line(
+    children: Children,
+    engine: Engine,
+    proc: asyncio.subprocess.Process,
+    out: bytes,
+    err: IO[bytes],
+) -> dict[str, Any]:
+    """The worker's exit line; a process the SIGTERM found still starting (on a small
+    fill the others may empty the queue first) died of it, and handled nothing.
+
+    ``kongtask run`` installs its signal handlers in the same synchronous step that
+    starts its first fetch, so a death by SIGTERM's default action means no job
+    was taken. Were that ever wrong, the jobs it took would be missing from the
+    checksum of the others, and the step would fail its check.
+    """
+    if proc.returncode == -signal.SIGTERM and not out.strip():
+        return {"handled": 0, "sum": 0, "never_started": True}
+    return children.check(engine, proc, out, err)
+
+
+def check(scenario: str, engine: Engine, result: dict[str, Any], sizes: Sizes) -> list[str]:
+    """Correctness of both sides of one step (never speed)."""
+    if "skipped" in result:
+        return []
+    jobs = jobs_for(scenario, sizes)
+    other = "direct_" if scenario == PGBOUNCER else "one_"
+    problems = []
+    for prefix in ("", other):
+        for key, wanted in (
+            ("jobs", jobs),
+            ("handled", jobs),
+            ("checksum_ok", True),
+            ("remaining", 0),
+            ("locked", 0),
+        ):
+            if result.get(prefix + key) != wanted:
+                problems.append(
+                    f"{engine.name} {scenario}: {prefix}{key} = {result.get(prefix + key)}, "
+                    f"expected {wanted}"
+                )
+    return problems
