@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="A,B,...",
         help=f"scenarios to run: {', '.join(SCENARIOS)} (default all: every one but "
-        f"{' and '.join(fleet.SCENARIOS)}, which are asked for by name)",
+        f"{' and '.join(fleet.SCENARIOS)}, which are asked for by name: all,fleet)",
     )
     parser.add_argument(
         "--quick",
@@ -510,8 +510,9 @@ def _sizes(args: argparse.Namespace) -> tuple[Sizes, int]:
 def make_plan(args: argparse.Namespace, stamp: str) -> Plan:
     chosen = [name for group in (args.scenario or [["all"]]) for name in group]
     if "all" in chosen:
-        # The fleet scenarios are asked for by name: each step is several drains.
-        chosen = [name for name in SCENARIOS if name not in fleet.SCENARIOS]
+        # The fleet scenarios are asked for by name (``all,fleet`` adds them):
+        # each of their steps is several drains.
+        chosen = [name for name in SCENARIOS if name not in fleet.SCENARIOS or name in chosen]
     scenarios = [name for name in ENGINE_SCENARIOS if name in chosen]
     with_pure = "implementations" in chosen
     if with_pure and not scenarios:
