@@ -284,6 +284,20 @@ class Children:
         """``proc`` has ended: an interrupted run no longer needs to kill it."""
         self._live.discard(proc)
 
+    async def reap(
+        self, procs: Sequence[asyncio.subprocess.Process], errs: Sequence[IO[bytes]]
+    ) -> None:
+        """Kill what still runs of a scenario's children, wait for them and close their
+        stderr files: a failed step must leave no worker behind to skew the next one."""
+        for proc in procs:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+            self.forget(proc)
+        for fh in errs:
+            fh.close()
+
     def server_cpu_per_job(
         self, start: float | None, end: float | None, jobs: int, prefix: str = ""
     ) -> dict[str, Any]:
@@ -523,14 +537,7 @@ class Children:
                 + "".join(stderr_tail(e) for e in errs)
             ) from None
         finally:
-            for proc in procs:
-                if proc.returncode is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        proc.kill()
-                    await proc.wait()
-                self.forget(proc)
-            for fh in errs:
-                fh.close()
+            await self.reap(procs, errs)
         total = sum(r["handled"] for r in results)
         # Each child's own CPU from GO to STOP: together, the workers' CPU over the window.
         cpu_s = sum(r.get("cpu_s") or 0.0 for r in results)

@@ -24,7 +24,6 @@ kongtask engines run them (graphile-worker's side has no PgBouncer option).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import tempfile
 import time
@@ -192,14 +191,7 @@ async def drain(
             + "".join(stderr_tail(err) for err in errs)
         ) from None
     finally:
-        for proc in procs:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
-            children.forget(proc)
-        for err in errs:
-            err.close()
+        await children.reap(procs, errs)
     cpu = None if None in worker_cpu else sum(c for c in worker_cpu if c is not None)
     handled = sum(int(e.get("handled") or 0) for e in exits)
     total = sum(int(e.get("sum") or 0) for e in exits)
