@@ -264,7 +264,6 @@ cdef class Job(_Decoded):
         self.id = id
         self.queue_name = queue_name
         self.task_identifier = task_identifier
-        self.payload = payload
         self.priority = priority
         self.run_at = run_at
         self.attempts = attempts
