@@ -108,9 +108,22 @@ class Cluster:
         return subprocess.run(argv, check=check, capture_output=True, text=True, cwd=self.root)
 
     def start(self) -> None:
-        self._cmd(
-            "pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-w", "-t", "60", "start"
+        """Start the server; a refusal raises with the server's own log lines."""
+        done = self._cmd(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.root / "log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+            check=False,
         )
+        if done.returncode != 0:
+            tail = "\n".join(self.log().splitlines()[-15:])
+            raise RuntimeError(f"pg_ctl start failed ({done.returncode}): {done.stderr}\n{tail}")
 
     def stop(self, mode: str = "fast") -> None:
         self._cmd("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
@@ -137,18 +150,31 @@ class Cluster:
             return None
 
     def kill(self) -> None:
-        """SIGKILL the postmaster (a crash, not a shutdown); its backends follow."""
+        """SIGKILL the postmaster and every backend at once: a server crash.
+
+        Killing the postmaster alone is not enough: a backend busy in a query
+        notices its parent's death only at its next wait, and while any backend
+        lives the new postmaster refuses the old shared memory ("pre-existing
+        shared memory block is still in use"), so ``start`` would fail at random.
+        """
         pid = self.pid()
-        if pid is not None:
+        if pid is None:
+            return
+        victims = [pid, *_children_of(pid)]
+        for victim in victims:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, 9)
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.05)
+                os.kill(victim, 9)
+        # Gone means reaped, not only dead: pg_ctl and the new postmaster take
+        # a zombie's pid for a running server. The reaper is whoever adopted the
+        # orphans (PID 1 here, which can take a second or two).
+        deadline = time.monotonic() + 30
+        for victim in victims:
+            while time.monotonic() < deadline and _exists(victim):
+                time.sleep(0.02)
+        if _exists(pid):
+            # Never reaped: clear the lock file as an operator would after a crash.
+            with contextlib.suppress(FileNotFoundError):
+                (self.data / "postmaster.pid").unlink()
 
     def log(self) -> str:
         try:
@@ -160,6 +186,30 @@ class Cluster:
         with contextlib.suppress(subprocess.CalledProcessError):
             self.stop("immediate")
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _children_of(parent: int) -> list[int]:
+    """The live processes whose parent is ``parent`` (Linux ``/proc``)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields and int(fields[1]) == parent:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _exists(pid: int) -> bool:
+    """True while ``pid`` is in the process table, a zombie included."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextlib.contextmanager
