@@ -100,15 +100,6 @@ class Heartbeat:
         self._fence_timer: asyncio.TimerHandle | None = None
         self.fenced = False
 
-    async def register(self, conn: Any) -> None:
-        """The first heartbeat, before the first fetch: a pool killed right after
-        claiming a job must already be known, or nobody frees it. Frees the jobs
-        of dead pools on this host first, so a restarted pool runs them at once."""
-        sent = asyncio.get_running_loop().time()
-        await conn.fetchval(self._q.heartbeat, *self._args(()))
-        self._renewed(sent)
-        await self._recover(conn)
-
     def _args(self, running: Iterable[int]) -> tuple[Any, ...]:
         return (
             self._worker_id,
@@ -131,13 +122,40 @@ class Heartbeat:
             self.fenced = True
             self._on_fenced()
 
+    def identity(self) -> tuple[Any, ...]:
+        """The first five parameters of the heartbeat and of the start-up statement."""
+        return self._args(())[:5]
+
+    async def joined(self, conn: Any, sent: float, row: Any) -> None:
+        """The start-up statement (:attr:`Queries.join`), sent at loop time ``sent``,
+        ran the first heartbeat; start the fence's clock, and free what the dead
+        pools it found were holding.
+
+        Both happen before the first fetch: a pool killed right after claiming a
+        job must already be known, or nobody frees it, and a restarted pool should
+        run its dead predecessor's jobs at once."""
+        self._renewed(sent)
+        peers = zip(row["peer_ids"], row["peer_pids"], row["peer_starts"], strict=True)
+        exited = self._exited(
+            (worker_id, int(pid), None if started is None else int(started))
+            for worker_id, pid, started in peers
+        )
+        if exited or row["silent"]:
+            await self._free_dead(conn, exited)
+
+    def _exited(self, peers: Iterable[tuple[str, int, int | None]]) -> list[str]:
+        """Which of these pools on this host (id, pid, process start) have no process."""
+        return [worker_id for worker_id, pid, started in peers if liveness.is_gone(pid, started)]
+
     async def _recover(self, conn: Any) -> None:
         """Free the jobs of dead pools: gone from this host, or silent too long."""
         exited: list[str] = []
         if self._host is not None:
-            for row in await conn.fetch(self._q.workers_on_host, self._host, self._worker_id):
-                if liveness.is_gone(row["pid"], row["process_start"]):
-                    exited.append(row["worker_id"])
+            rows = await conn.fetch(self._q.workers_on_host, self._host, self._worker_id)
+            exited = self._exited((r["worker_id"], r["pid"], r["process_start"]) for r in rows)
+        await self._free_dead(conn, exited)
+
+    async def _free_dead(self, conn: Any, exited: list[str]) -> None:
         row = await conn.fetchrow(self._q.recover_dead_workers, self.dead_after, exited)
         if row is not None and row["workers"]:
             self.log.warning(

@@ -156,6 +156,17 @@ async def ensure_compatible(conn: asyncpg.Connection, schema: str) -> int:
     return version[0]
 
 
+async def installed_track(conn: asyncpg.Connection, schema: str) -> int:
+    """Check a schema without changing it, as :func:`ensure_compatible` does; returns
+    how far kongtask's own track is applied (see :func:`kongtask_track_version`),
+    read in the same round trip."""
+    current = await _installed_versions(conn, schema)
+    if current is None:
+        raise SchemaTooOld(f"schema {schema!r} is not installed; run `kongtask migrate` first")
+    check_version(schema, current[0])
+    return current[1]
+
+
 async def migrate(conn: asyncpg.Connection, schema: str = "graphile_worker") -> MigrationResult:
     """Install the schema if missing; refuse unknown breaking or too-old versions.
 
@@ -211,6 +222,17 @@ async def _installed_versions(
 ) -> tuple[tuple[int, int], int] | None:
     """((latest, latest_breaking), kongtask track version), or None when graphile-worker's
     part is missing; the track version is 0 when kongtask's table is missing."""
+    if not conn.is_in_transaction():
+        # Every start of an installed schema comes here: one read of both tables,
+        # and the careful existence checks only when it fails. (Inside a
+        # transaction a failed statement would abort it, so there the checks go first.)
+        try:
+            versions = await conn.fetchrow(q.versions_sql(schema, track=True))
+        except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
+            pass
+        else:
+            assert versions is not None
+            return (int(versions["latest"]), int(versions["breaking"])), int(versions["track"])
     quoted = quote_ident(schema)
     row = await conn.fetchrow(
         q.TABLES_EXIST,

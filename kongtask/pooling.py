@@ -80,7 +80,13 @@ async def behind_proxy(conn: asyncpg.Connection) -> bool:
     PgBouncer makes one up (tried: 1751377343 at login, backend 24562); a direct
     connection is told its own backend's pid.
     """
-    return await conn.fetchval(sql.BACKEND_PID) != conn.get_server_pid()
+    return pid_differs(await conn.fetchval(sql.BACKEND_PID), conn)
+
+
+def pid_differs(backend_pid: int, conn: asyncpg.Connection) -> bool:
+    """:func:`behind_proxy` for a backend pid read by another statement on ``conn``
+    (the start-up statement reads it, saving the probe its round trips)."""
+    return backend_pid != conn.get_server_pid()
 
 
 async def shares_sessions(connect: Callable[[], Awaitable[asyncpg.Connection]]) -> bool:

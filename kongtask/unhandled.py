@@ -30,14 +30,19 @@ async def warn_unhandled_jobs(
     """Warn once, naming the tasks with waiting jobs this worker has no handler for;
     returns those identifiers (at most :data:`MAX_LISTED` + 1)."""
     rows = await conn.fetch(queries.unhandled_waiting_tasks, list(task_names), MAX_LISTED + 1)
-    names = [row[0] for row in rows]
+    return report_unhandled_jobs([row[0] for row in rows], queries.schema, log)
+
+
+def report_unhandled_jobs(names: list[str], schema: str, log: logging.Logger) -> list[str]:
+    """The warning of :func:`warn_unhandled_jobs`, for identifiers already read
+    (the start-up statement reads them with everything else)."""
     if names:
         listed = ", ".join(names[:MAX_LISTED])
         more = ", and more" if len(names) > MAX_LISTED else ""
         log.warning(
             "jobs are waiting in schema %r for task(s) this worker has no handler for: %s%s "
             "(they run only on a worker that has one)",
-            queries.schema,
+            schema,
             listed,
             more,
         )

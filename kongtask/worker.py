@@ -42,7 +42,7 @@ from .options import WorkerOptions, build_options, check_pool_size
 from .outcomes import FENCE_MESSAGE, SHUTDOWN_MESSAGE, Outcomes, format_error
 from .queries import Queries
 from .tasks import Handler, TaskList, as_task_list
-from .unhandled import warn_unhandled_cron, warn_unhandled_jobs
+from .unhandled import MAX_LISTED, report_unhandled_jobs, warn_unhandled_cron, warn_unhandled_jobs
 
 if TYPE_CHECKING:
     from .cron import CronScheduler
@@ -155,16 +155,11 @@ class Runner:
                 )
                 probe = opts.prepared_statements
             async with self._pool.acquire() as conn:
-                if probe:
-                    probe = await pooling.behind_proxy(conn)
                 if opts.migrate:
                     # migrate() read the track's version already: two round trips fewer.
                     track = (await _migrate.migrate(conn, self.schema)).kongtask_version
                 else:
-                    await _migrate.ensure_compatible(conn, self.schema)
-                    track = await _migrate.kongtask_track_version(conn, self.schema)
-                task_ids, task_names = await self._register_tasks(conn)
-                await warn_unhandled_jobs(conn, self.queries, task_names, self.log)
+                    track = await _migrate.installed_track(conn, self.schema)
                 if track >= len(_migrate.KONGTASK_MIGRATIONS):
                     self._heartbeat = Heartbeat(
                         self._pool,
@@ -178,7 +173,14 @@ class Runner:
                         on_unfenced=self._lift_fence,
                         log=self.log,
                     )
-                    await self._heartbeat.register(conn)
+                    task_ids, task_names, backend_pid = await self._join(conn, self._heartbeat)
+                    if probe:
+                        probe = pooling.pid_differs(backend_pid, conn)
+                else:
+                    if probe:
+                        probe = await pooling.behind_proxy(conn)
+                    task_ids, task_names = await self._register_tasks(conn)
+                    await warn_unhandled_jobs(conn, self.queries, task_names, self.log)
             if listening is not None:
                 await listening
             if probe:
@@ -406,6 +408,30 @@ class Runner:
         self.events.emit("worker:fatalError", {"worker_id": self.worker_id, "error": error})
         self.exit_code = self.exit_code or 1
         self._begin_shutdown(self.options.shutdown_timeout)
+
+    async def _join(
+        self, conn: asyncpg.Connection, heartbeat: Heartbeat
+    ) -> tuple[list[int], list[str], int]:
+        """Register tasks, send the first heartbeat, free dead pools' jobs and warn of
+        unhandled waiting jobs, in one statement (two when there is something to
+        free); returns the task ids and names and the backend's pid."""
+        names = list(self.tasks)
+        sent = asyncio.get_running_loop().time()
+        rows = await conn.fetch(
+            self.queries.join,
+            *heartbeat.identity(),
+            names,
+            heartbeat.dead_after,
+            MAX_LISTED + 1,
+        )
+        found = rows[0]
+        await heartbeat.joined(conn, sent, found)
+        report_unhandled_jobs(list(found["unhandled"]), self.schema, self.log)
+        by_name = {row["task_name"]: row["task_id"] for row in rows}
+        if any(name not in by_name for name in names):
+            # Not expected (``do update`` returns every row); a second look costs little.
+            return (*await self._register_tasks(conn), found["backend_pid"])
+        return [by_name[name] for name in names], names, found["backend_pid"]
 
     async def _register_tasks(self, conn: asyncpg.Connection) -> tuple[list[int], list[str]]:
         names = list(self.tasks)

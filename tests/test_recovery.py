@@ -112,6 +112,44 @@ async def test_pools_elsewhere_are_left_to_their_heartbeats(
         await runner.stop()
 
 
+async def test_a_starting_pool_frees_the_jobs_of_a_pool_silent_too_long(
+    utils: WorkerUtils, conn: asyncpg.Connection, database_url: str
+) -> None:
+    """A pool on another host whose heartbeat stopped longer than
+    ``dead_worker_timeout`` ago: its job is free when the next pool is ready
+    (the start-up statement sees the silence; the recovery runs before ready),
+    while a pool that beat just now keeps its job."""
+    s = quote_ident(utils.schema)
+    silent = await utils.add_job("t", {"n": 1}, run_at=datetime(2000, 1, 1, tzinfo=timezone.utc))
+    alive = await utils.add_job("t", {"n": 2}, run_at=datetime(2000, 1, 1, tzinfo=timezone.utc))
+    await conn.execute(
+        f"insert into {s}._kongtask_workers (worker_id, hostname, pid, host_key, process_start, "
+        "last_seen) values ('silent', 'h', 1, 'another-boot/1', 1, now() - interval '1 hour'), "
+        "('alive', 'h', 2, 'another-boot/1', 1, now())"
+    )
+    await conn.execute(
+        f"update {s}._private_jobs set locked_by = case id when $1 then 'silent' "
+        "else 'alive' end, locked_at = now(), attempts = 1 where id = any($2::bigint[])",
+        silent.id,
+        [silent.id, alive.id],
+    )
+
+    async def handler(payload: Any, helpers: kongtask.Helpers) -> None:
+        raise AssertionError("backing off: must not run yet")
+
+    runner = await kongtask.run(
+        database_url, {"t": handler}, schema=utils.schema, dead_worker_timeout=60.0
+    )
+    try:
+        freed = await _job_row(conn, utils.schema, silent.id)
+        kept = await _job_row(conn, utils.schema, alive.id)
+    finally:
+        await runner.stop()
+    assert freed["locked_by"] is None and freed["attempts"] == 1
+    assert "stopped heartbeating while holding this job" in freed["last_error"]
+    assert kept["locked_by"] == "alive"
+
+
 def test_liveness_knows_this_process_and_a_gone_one() -> None:
     host, pid, started = liveness.own_identity()
     if host is None:

@@ -626,6 +626,59 @@ with me as (
 select was_missing from me"""
 
     @cached_property
+    def join(self) -> str:
+        """A pool's whole start-up in one statement, for a schema whose heartbeat
+        table exists: the first heartbeat ($1-$5 as in :attr:`heartbeat`), a row
+        for each task identifier in $6, the other pools on this host (to check
+        against ``/proc``), whether any pool has been silent for more than $7
+        seconds, up to $8 identifiers outside $6 with waiting jobs, and the
+        backend's pid (the transaction-pooling probe).
+
+        One result row per task (``task_id``, ``task_name``; a single row of nulls
+        when $6 is empty), each carrying the rest. No ``int4[]`` or ``int8[]``
+        column: asyncpg meets those with a type-introspection query on a fresh
+        connection (8-10 ms here, measured; see :attr:`heartbeat`), so ids stay
+        in rows and the peers' pids and start times travel as ``text[]``.
+
+        Recovery itself (:attr:`recover_dead_workers`) runs only when the peers or
+        the silent flag show it has something to free: a fresh pool on a healthy
+        fleet is ready after one statement. Each statement on a fresh connection
+        costs a prepare and an execute; this replaces five of them (4-6 ms).
+        """
+        s = self.s
+        return f"""
+with me as (
+  insert into {s}._kongtask_workers as w (worker_id, hostname, pid, host_key, process_start)
+  values ($1::text, $2::text, $3::int, $4::text, $5::bigint)
+  on conflict (worker_id) do update set last_seen = now()
+), registered as (
+  insert into {s}._private_tasks as tasks (identifier)
+  select unnest($6::text[])
+  on conflict (identifier) do update set identifier = excluded.identifier
+  returning tasks.id, tasks.identifier
+), peers as (
+  select w.worker_id, w.pid, w.process_start
+  from {s}._kongtask_workers as w
+  where w.host_key = $4::text and w.worker_id <> $1::text
+), found as (
+  select
+    array(select worker_id from peers order by worker_id) as peer_ids,
+    array(select pid::text from peers order by worker_id) as peer_pids,
+    array(select process_start::text from peers order by worker_id) as peer_starts,
+    exists (select 1 from {s}._kongtask_workers as w
+            where w.worker_id <> $1::text
+              and w.last_seen < now() - $7::float8 * interval '1 second') as silent,
+    array(select t.identifier from {s}._private_tasks as t
+          where t.identifier <> all($6::text[])
+            and exists (select 1 from {s}._private_jobs as j
+                        where j.task_id = t.id and j.is_available)
+          order by t.identifier limit $8::int) as unhandled,
+    pg_backend_pid() as backend_pid
+)
+select registered.id as task_id, registered.identifier as task_name, found.*
+from found left join registered on true"""
+
+    @cached_property
     def workers_on_host(self) -> str:
         """Other pools recorded on this host ($1 host key; $2 this pool's id):
         their pid and process start, to check against ``/proc``."""
