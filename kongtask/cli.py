@@ -19,14 +19,13 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import orjson
 
 from . import __version__, inspect_cli
 from ._core import IMPLEMENTATION
-from .client import Job, WorkerUtils
 from .config import resolve_schema
 from .dashboard import cli as dashboard_cli
 from .db import embedded_dsn, resolve_dsn, schema_missing, scrub
@@ -43,6 +42,9 @@ from .logsetup import configure_logging
 from .migrate import MigrationResult
 from .supervisor import resolve_processes, supervise, without_processes
 
+if TYPE_CHECKING:
+    from .client import Job, WorkerUtils
+
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_CONNECT = 3
@@ -50,6 +52,13 @@ EXIT_TASKS = 4
 EXIT_SCHEMA_TOO_NEW = SchemaTooNew.exit_code
 
 log = logging.getLogger("kongtask.cli")
+
+
+def _client(dsn: str, schema: str | None) -> WorkerUtils:
+    """The client, imported when a command needs it: ``kongtask run`` never does."""
+    from .client import WorkerUtils
+
+    return WorkerUtils(dsn, schema=schema)
 
 
 def _dsn(args: argparse.Namespace) -> str:
@@ -315,7 +324,7 @@ async def _cmd_run(args: argparse.Namespace) -> int:
 
     dsn = _dsn(args)
     if args.schema_only:
-        async with WorkerUtils(dsn, schema=args.schema) as utils:
+        async with _client(dsn, args.schema) as utils:
             _print_migration(await utils.migrate())
         return 0
     spec = args.tasks or _default_tasks()
@@ -371,7 +380,7 @@ async def _cmd_run(args: argparse.Namespace) -> int:
 
 
 async def _cmd_migrate(args: argparse.Namespace) -> int:
-    async with WorkerUtils(_dsn(args), schema=args.schema) as utils:
+    async with _client(_dsn(args), args.schema) as utils:
         _print_migration(await utils.migrate())
     return 0
 
@@ -431,7 +440,7 @@ def _parse_run_at(text: str) -> datetime:
 async def _cmd_add(args: argparse.Namespace) -> int:
     payload = _read_payload(args.payload)
     run_at = _parse_run_at(args.run_at) if args.run_at else None
-    async with WorkerUtils(_dsn(args), schema=args.schema) as utils:
+    async with _client(_dsn(args), args.schema) as utils:
         try:
             job = await _add_job(utils, args, payload, run_at)
         except InvalidJobSpec as exc:

@@ -41,21 +41,32 @@ class JobLoggerAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
 class HelperContext:
     """What every job's helpers share, and do for them: built once per pool."""
 
-    __slots__ = ("abort_signal", "loop", "pool", "utils", "worker_id")
+    __slots__ = ("_utils", "abort_signal", "loop", "pool", "schema", "worker_id")
 
     def __init__(
         self,
-        utils: WorkerUtils,
+        schema: str,
         pool: asyncpg.Pool,
         abort_signal: asyncio.Event,
         worker_id: str,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
-        self.utils = utils
+        self.schema = schema
+        self._utils: WorkerUtils | None = None
         self.pool = pool
         self.abort_signal = abort_signal
         self.worker_id = worker_id
         self.loop = loop
+
+    @property
+    def utils(self) -> WorkerUtils:
+        """The client on the pool's connections, made when a handler first adds a job:
+        most pools never do, and the client module is not needed to become ready."""
+        if self._utils is None:
+            from .client import WorkerUtils
+
+            self._utils = WorkerUtils(self.pool, schema=self.schema)
+        return self._utils
 
     def job_logger(self, job: Job) -> logging.LoggerAdapter:  # type: ignore[type-arg]
         """A logger tagged with this job (created on first use: most jobs never log)."""

@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .crontab import CronItem
 from .errors import ConfigError
 from .events import EventEmitter
+
+if TYPE_CHECKING:
+    from .crontab import CronItem  # loaded only by pools with a crontab
 
 ForbiddenFlags = (
     Iterable[str] | Callable[[], Iterable[str] | Awaitable[Iterable[str] | None] | None] | None

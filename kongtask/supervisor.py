@@ -34,7 +34,6 @@ leave orphans holding jobs.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import logging
 import os
 import signal
@@ -117,6 +116,8 @@ def _pdeathsig_preexec() -> Callable[[], None] | None:
     """
     if not sys.platform.startswith("linux"):
         return None
+    import ctypes  # only a supervisor needs it (2 ms of every `kongtask run` otherwise)
+
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         prctl = libc.prctl

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import asyncpg
 
-from .crontab import CronItem
 from .queries import Queries
+
+if TYPE_CHECKING:
+    from .crontab import CronItem  # loaded only by pools with a crontab
 
 #: The most task identifiers one warning names.
 MAX_LISTED = 20

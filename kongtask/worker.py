@@ -25,10 +25,8 @@ import asyncpg
 from . import migrate as _migrate
 from . import pooling
 from ._core import IMPLEMENTATION, decode, dispatch
-from .client import WorkerUtils
 from .completion import Completer
 from .config import resolve_schema
-from .crontab import as_cron_items
 from .db import DB_ERRORS, DB_OR_TIMEOUT_ERRORS, connect, create_pool, mask_dsn, resolve_dsn
 from .errors import ConfigError, SchemaTooNew
 from .events import EventEmitter
@@ -46,6 +44,7 @@ from .unhandled import MAX_LISTED, report_unhandled_jobs, warn_unhandled_cron, w
 
 if TYPE_CHECKING:
     from .cron import CronScheduler
+    from .crontab import CronItem
 
 log = logging.getLogger("kongtask.worker")
 
@@ -99,7 +98,11 @@ class Runner:
         self._signals_installed: list[int] = []
         self.ready = asyncio.Event()
         # Parsed now, so a bad crontab fails before anything connects.
-        self._cron_items = as_cron_items(options.crontab)
+        self._cron_items: list[CronItem] = []
+        if options.crontab is not None:
+            from .crontab import as_cron_items  # only pools with a crontab pay its import
+
+            self._cron_items = as_cron_items(options.crontab)
         self._cron: CronScheduler | None = None
 
     def __repr__(self) -> str:
@@ -290,9 +293,7 @@ class Runner:
         )
         results = dispatch.Results(completer)
         self._outcomes = outcomes = Outcomes(self.events, self.log, results)
-        context = HelperContext(
-            WorkerUtils(pool, schema=self.schema), pool, self._abort, self.worker_id, loop
-        )
+        context = HelperContext(self.schema, pool, self._abort, self.worker_id, loop)
         tasks = self.tasks
         self._dispatcher = dispatcher = dispatch.Dispatcher(
             tasks={

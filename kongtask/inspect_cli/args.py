@@ -28,6 +28,10 @@ def _limit(text: str) -> int:
     return value
 
 
+#: The subcommands :func:`register` adds (for the CLI's dispatch table).
+COMMAND_NAMES = ("jobs", "retry", "remove", "unlock")
+
+
 def register(
     subparsers: argparse._SubParsersAction,  # type: ignore[type-arg]
     add_connection_args: ConnectionArgs,

@@ -19,6 +19,7 @@ from ..client import WorkerUtils
 from ..db import connect, quote_ident
 from ..errors import ConfigError
 from ..queries import inspect as q
+from .args import COMMAND_NAMES
 from .render import JobsReport, Row, jobs_json, jobs_text
 
 EXIT_OK = 0
@@ -162,9 +163,7 @@ _COMMANDS: dict[str, Command] = {
     "remove": _cmd_remove,
     "unlock": _cmd_unlock,
 }
-
-#: The subcommands :func:`~kongtask.inspect_cli.register` adds (for the CLI's dispatch table).
-COMMAND_NAMES = tuple(_COMMANDS)
+assert tuple(_COMMANDS) == COMMAND_NAMES, "args.py registers what commands.py runs"
 
 
 async def run_command(args: argparse.Namespace, dsn: str, out: TextIO | None = None) -> int:
