@@ -123,9 +123,9 @@ class Runner:
     async def start(self) -> Runner:
         """Connect, check the schema, register tasks, start listening and fetching.
 
-        The LISTEN connection opens while the pool connects and the schema is
-        checked, and housekeeping (stale-lock sweep, first heartbeat) runs in
-        the background, so a pool is ready after a handful of round trips.
+        The LISTEN connection opens while the pool connects; on an installed
+        schema, the schema check is one statement and everything else before
+        ready (tasks, first heartbeat, recovery, warnings) one more (:meth:`_join`).
         """
         loop = asyncio.get_running_loop()
         opts = self.options

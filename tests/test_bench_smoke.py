@@ -438,6 +438,10 @@ def test_payload_scenario_runs_both_twins(bench_run: dict[str, Any]) -> None:
             assert 1500 <= r["payload_bytes"] <= 2000  # issue 20's ~1.7 KB
             for key in ("cpu_us_per_job", "tiny_cpu_us_per_job", "orjson_loads_us"):
                 assert r[key] is not None, (engine, key)
+            # The figure is the median of the interleaved processes, one per round.
+            rounds = r["large_cpu_us_per_job_rounds"]
+            assert len(rounds) == r["rounds"] == payload.ROUNDS
+            assert sorted(rounds)[len(rounds) // 2] == r["cpu_us_per_job"]
     assert "graphile-worker" not in doc["results"][payload.SCENARIO]
 
 

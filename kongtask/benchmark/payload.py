@@ -12,12 +12,18 @@ Each measurement is a whole process, as a user runs it: ``kongtask run -j C
 kernel's accounting of reaped children) minus that of the same command over
 an empty queue, divided by N. So interpreter start, imports, connecting and
 exiting cancel out, and what is left is the per-job work.
+
+The yardstick is a difference of differences (large minus tiny minus
+orjson), a few µs out of about twenty, so one process per shape was at the
+mercy of a neighbour on a shared 2-core machine: the three shapes run
+:data:`ROUNDS` times, interleaved, and each shape's median process counts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import resource
+import statistics
 import tempfile
 import time
 import timeit
@@ -34,6 +40,9 @@ from .engines import ChildError, Children, Engine, Sizes, stderr_tail
 SCENARIO = "payload"
 #: Payload shapes measured, each on its own fresh queue (``empty`` has no jobs).
 SHAPES = ("empty", "tiny", "large")
+#: Processes per shape; interleaved (empty, tiny, large, empty, ...) so that a
+#: noisy minute touches every shape alike, and the median of each is used.
+ROUNDS = 3
 #: orjson.loads timing: calls per repeat, and repeats (the best repeat is kept).
 LOADS_NUMBER = 20_000
 LOADS_REPEAT = 5
@@ -100,35 +109,53 @@ async def run_once(
     return cpu, wall, exit_line
 
 
+def _median_or_none(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return None if len(known) < len(values) or not known else statistics.median(known)
+
+
 async def payload_scenario(
     children: Children, engine: Engine, dsn: str, sizes: Sizes, admin: Admin
 ) -> dict[str, Any]:
-    """Empty, tiny and large queues, one ``--once`` process each; CPU per job of each."""
+    """Empty, tiny and large queues, :data:`ROUNDS` ``--once`` processes each; the
+    median round's CPU per job of each."""
     jobs = sizes.payload_jobs
     text = large_payload_text()
-    cpu: dict[str, float] = {}
-    wall: dict[str, float] = {}
+    samples: dict[str, list[float]] = {shape: [] for shape in SHAPES}
+    walls: dict[str, list[float]] = {shape: [] for shape in SHAPES}
     problems: list[str] = []
-    for shape in SHAPES:
-        if shape != "empty":
-            await admin.fill(engine.schema, TASK, jobs, "{}" if shape == "tiny" else text)
-        else:
-            await admin.clear(engine.schema)
-        await admin.checkpoint()
-        cpu[shape], wall[shape], line = await run_once(
-            children, engine, dsn, sizes.concurrency, sizes.timeout_s
-        )
-        expected = 0 if shape == "empty" else jobs
-        if line.get("handled") != expected:
-            problems.append(f"{shape}: handled {line.get('handled')}, expected {expected}")
-        remaining = await admin.count_jobs(engine.schema)
-        if remaining:
-            problems.append(f"{shape}: {remaining} jobs left after --once")
+    for _ in range(ROUNDS):
+        for shape in SHAPES:
+            if shape != "empty":
+                await admin.fill(engine.schema, TASK, jobs, "{}" if shape == "tiny" else text)
+            else:
+                await admin.clear(engine.schema)
+            await admin.checkpoint()
+            cpu_s, wall_s, line = await run_once(
+                children, engine, dsn, sizes.concurrency, sizes.timeout_s
+            )
+            samples[shape].append(cpu_s)
+            walls[shape].append(wall_s)
+            expected = 0 if shape == "empty" else jobs
+            if line.get("handled") != expected:
+                problems.append(f"{shape}: handled {line.get('handled')}, expected {expected}")
+            remaining = await admin.count_jobs(engine.schema)
+            if remaining:
+                problems.append(f"{shape}: {remaining} jobs left after --once")
+    wall = {shape: statistics.median(values) for shape, values in walls.items()}
+    # Each round's empty process is subtracted from that round's queues (the
+    # same minute's neighbours), and the median round is the figure.
+    per_round = {
+        shape: [
+            per_job_us(c - e, jobs) for c, e in zip(samples[shape], samples["empty"], strict=True)
+        ]
+        for shape in ("tiny", "large")
+    }
+    large_us = _median_or_none(per_round["large"])
+    tiny_us = _median_or_none(per_round["tiny"])
     stored = '{"i":' + str(jobs) + "," + text[1:]
     loads_us = orjson_loads_us(stored.encode())
     tiny_loads_us = orjson_loads_us(b'{"i":%d}' % jobs)
-    large_us = per_job_us(cpu["large"] - cpu["empty"], jobs)
-    tiny_us = per_job_us(cpu["tiny"] - cpu["empty"], jobs)
     # Issue 20's yardstick: the large job may cost at most orjson.loads of its
     # payload more than a tiny job does; what is left went somewhere else.
     unexplained = (
@@ -140,16 +167,20 @@ async def payload_scenario(
         "payload_bytes": len(stored.encode()),
         "cpu_us_per_job": large_us,
         "tiny_cpu_us_per_job": tiny_us,
-        "empty_cpu_s": rnd(cpu["empty"], 4),
+        "empty_cpu_s": rnd(statistics.median(samples["empty"]), 4),
         "orjson_loads_us": rnd(loads_us, 2),
         "orjson_loads_tiny_us": rnd(tiny_loads_us, 2),
         # What the large payload costs beyond a tiny job plus parsing it.
         "unexplained_us_per_job": unexplained,
+        "rounds": ROUNDS,
+        "large_cpu_us_per_job_rounds": per_round["large"],
+        "tiny_cpu_us_per_job_rounds": per_round["tiny"],
         "large_seconds": rnd(wall["large"]),
         "tiny_seconds": rnd(wall["tiny"]),
         "concurrency": sizes.concurrency,
         "warnings": problems,
         "command": [mask_dsn(a) if "://" in a else a for a in engine.worker_args(dsn, 0)],
         "measured": "CPU of a whole `kongtask run --once` process (kernel accounting of the "
-        "reaped child) minus that of the same command over an empty queue, per job",
+        "reaped child) minus that of the same command over an empty queue, per job; "
+        f"median of {ROUNDS} interleaved processes per shape",
     }
