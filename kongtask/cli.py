@@ -28,7 +28,7 @@ from . import __version__, inspect_cli
 from ._core import IMPLEMENTATION
 from .config import resolve_schema
 from .dashboard import cli as dashboard_cli
-from .db import embedded_dsn, resolve_dsn, schema_missing, scrub
+from .db import resolve_dsn, schema_missing, scrub
 from .errors import (
     ConfigError,
     CronSyntaxError,
@@ -65,6 +65,8 @@ def _dsn(args: argparse.Namespace) -> str:
     dsn = resolve_dsn(getattr(args, "connection", None))
     if dsn is None:
         log.info("no DSN, DATABASE_URL or PG* variables: using the embedded PostgreSQL")
+        from .embedded import embedded_dsn  # only a command given no DSN needs it
+
         dsn = embedded_dsn()
     return dsn
 

@@ -1,9 +1,9 @@
-"""Connections: where the DSN comes from, how it is shown, and the embedded server.
+"""Connections: where the DSN comes from, and how it is shown.
 
 A DSN is resolved in this order: the explicit argument, ``DATABASE_URL``, the
 libpq ``PG*`` variables (asyncpg reads them itself when given no DSN), and at
-last, for the CLI and the tests only, an embedded PostgreSQL from the
-``pgserver`` wheel kept in a per-user data folder and reused across runs.
+last, for the CLI and the tests only, the embedded PostgreSQL of
+:mod:`kongtask.embedded`.
 """
 
 from __future__ import annotations
@@ -11,10 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import sys
-import warnings
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -69,7 +65,7 @@ def resolve_dsn(dsn: str | None = None) -> str | None:
     """The DSN to use: argument, ``DATABASE_URL``, ``""`` for libpq variables, else None.
 
     None means nothing was configured; callers that may (the CLI, the tests)
-    then fall back to :func:`embedded_dsn`.
+    then fall back to :func:`kongtask.embedded.embedded_dsn`.
     """
     if dsn:
         return dsn
@@ -79,89 +75,6 @@ def resolve_dsn(dsn: str | None = None) -> str | None:
     if any(os.environ.get(name) for name in _LIBPQ_VARS):
         return ""
     return None
-
-
-def embedded_data_dir() -> Path:
-    """Per-user folder of the embedded server's data, overridable for tests."""
-    override = os.environ.get("KONGTASK_EMBEDDED_DIR")
-    if override:
-        return Path(override)
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
-    return Path(base) / "kongtask" / "pgdata"
-
-
-@dataclass(frozen=True, slots=True)
-class EmbeddedServer:
-    """The embedded PostgreSQL one command uses, and what a user needs to know about it."""
-
-    dsn: str
-    folder: Path
-    #: Whether it was running before this process asked for it.
-    was_running: bool
-    #: Whether it is stopped when this process exits (see :func:`start_embedded`).
-    stops_at_exit: bool
-    #: The OS user it runs as (``pgserver`` creates ``pgserver`` when run as root).
-    os_user: str | None
-    #: A shell command that stops it.
-    stop_command: str
-
-
-def _import_pgserver() -> Any:
-    try:
-        with warnings.catch_warnings():
-            # platformdirs warns at pgserver's import when XDG_RUNTIME_DIR is unset
-            # (root, containers) and falls back to a fine default: noise to a user.
-            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR", category=UserWarning)
-            import pgserver
-    except ImportError as exc:
-        if sys.version_info >= (3, 13):
-            # The extra installs nothing here (pgserver has no wheel for 3.13+):
-            # telling the user to install it would send them round in a circle.
-            raise ConfigError(
-                "no database configured (pass a DSN with -c, set DATABASE_URL or PG* "
-                "variables): the embedded server (pgserver) has no build for Python "
-                f"{sys.version_info.major}.{sys.version_info.minor}"
-            ) from exc
-        raise ConfigError(
-            "no database configured (pass a DSN, set DATABASE_URL or PG* variables) "
-            "and the embedded server is not installed: pip install 'kongtask[embedded]'"
-        ) from exc
-    return pgserver
-
-
-def start_embedded(*, stop_at_exit: bool) -> EmbeddedServer:
-    """Start (or reuse) the embedded PostgreSQL.
-
-    With ``stop_at_exit``, a server this process started is stopped when it
-    exits (one that was already running is left alone: something else uses it).
-    Without, it is left running, so the next command reuses it instantly.
-    """
-    pgserver = _import_pgserver()
-    from pgserver._commands import POSTGRES_BIN_PATH
-    from pgserver.utils import PostmasterInfo
-
-    folder = embedded_data_dir()
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    before = PostmasterInfo.read_from_pgdata(folder) if (folder / "PG_VERSION").exists() else None
-    was_running = before is not None and before.is_running()
-    stops = stop_at_exit and not was_running
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR", category=UserWarning)
-        server = pgserver.get_server(folder, cleanup_mode="stop" if stops else None)
-    os_user = server.system_user
-    stop = f"{POSTGRES_BIN_PATH / 'pg_ctl'} -D {folder} stop"
-    if os_user is not None:
-        stop = f"su {os_user} -s /bin/sh -c '{stop}'"
-    return EmbeddedServer(str(server.get_uri()), folder, was_running, stops, os_user, stop)
-
-
-def embedded_dsn() -> str:
-    """Start (or reuse) the embedded PostgreSQL and return its DSN.
-
-    The server is left running when this process exits, so the next command
-    reuses it instantly; ``pgserver`` keeps one server per data folder.
-    """
-    return start_embedded(stop_at_exit=False).dsn
 
 
 def quote_ident(name: str) -> str:

@@ -26,7 +26,8 @@ import pytest
 import uvloop
 
 from kongtask import WorkerUtils
-from kongtask.db import embedded_dsn, quote_ident
+from kongtask.db import quote_ident
+from kongtask.embedded import embedded_dsn
 
 TEST_DB = "kongtask_test"
 

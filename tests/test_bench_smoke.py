@@ -29,7 +29,8 @@ from kongtask.benchmark.database import split_password, with_database
 from kongtask.benchmark.harness import QUICK, SCENARIOS, _compiled_available, _embedded_notes
 from kongtask.benchmark.node import default_bench_dir
 from kongtask.benchmark.report import source_root
-from kongtask.db import EmbeddedServer, quote_ident
+from kongtask.db import quote_ident
+from kongtask.embedded import EmbeddedServer
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -391,11 +391,11 @@ def test_no_database_and_no_embedded_server_says_what_to_do(
     """On 3.13 `[embedded]` installs nothing, so telling the user to install it is wrong."""
     from collections import namedtuple
 
-    from kongtask import db
+    from kongtask import embedded
 
     VersionInfo = namedtuple("VersionInfo", "major minor micro releaselevel serial")
     monkeypatch.setitem(sys.modules, "pgserver", None)  # import fails: not installed
-    monkeypatch.setattr(db.sys, "version_info", VersionInfo(*version))
+    monkeypatch.setattr(embedded.sys, "version_info", VersionInfo(*version))
     with pytest.raises(kongtask.ConfigError, match="no database configured") as info:
-        db.embedded_dsn()
+        embedded.embedded_dsn()
     assert said in str(info.value)

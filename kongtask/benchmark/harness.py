@@ -23,7 +23,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from kongtask.db import EmbeddedServer, mask_dsn, resolve_dsn, scrub, start_embedded
+from kongtask.db import mask_dsn, resolve_dsn, scrub
+from kongtask.embedded import EmbeddedServer, start_embedded
 from kongtask.errors import ConfigError
 
 from . import cpu, database, fleet, payload, report, spawn
