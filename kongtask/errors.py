@@ -6,8 +6,6 @@ the same exception types as the rest of the package.
 
 from __future__ import annotations
 
-import shlex
-
 
 class KongtaskError(Exception):
     """Base class of every error kongtask raises on purpose."""
@@ -76,6 +74,8 @@ class SchemaMissing(SchemaError):
     """
 
     def __init__(self, schema: str) -> None:
+        import shlex  # only this message needs it; every worker imports this module
+
         super().__init__(
             f"schema {schema!r} is not installed in this database: "
             f"run `kongtask migrate -s {shlex.quote(schema)}` first (or check the schema name)"
