@@ -26,6 +26,7 @@ import orjson
 
 from . import __version__, inspect_cli
 from ._core import IMPLEMENTATION
+from .argparsing import ArgumentParser
 from .config import resolve_schema
 from .dashboard import cli as dashboard_cli
 from .db import resolve_dsn, schema_missing, scrub
@@ -94,7 +95,7 @@ def _add_connection_args(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="kongtask", description="PostgreSQL job queue, compatible with graphile-worker."
     )
     parser.add_argument(

@@ -23,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from kongtask.argparsing import ArgumentParser
 from kongtask.db import mask_dsn, resolve_dsn, scrub
 from kongtask.embedded import EmbeddedServer, start_embedded
 from kongtask.errors import ConfigError
@@ -121,7 +122,7 @@ def _scenarios(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="kongtask bench",
         description="End-to-end benchmarks of kongtask (compiled and pure), optionally against "
         "graphile-worker, in a database of their own (kongtask_bench).",

@@ -28,6 +28,8 @@ from typing import Any
 
 import orjson
 
+from kongtask.argparsing import ArgumentParser
+
 DEFAULTS: dict[str, dict[str, int]] = {
     "enqueue": {"jobs": 200_000},
     "drain": {"jobs": 200_000},
@@ -49,7 +51,7 @@ def _positive(text: str) -> int:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     from .scenarios import SCENARIOS
 
-    parser = argparse.ArgumentParser(prog="python -m kongtask.benchmark.worker_process")
+    parser = ArgumentParser(prog="python -m kongtask.benchmark.worker_process")
     parser.add_argument("--dsn", default="")
     parser.add_argument("--schema", required=True)
     parser.add_argument("--scenario", required=True, choices=SCENARIOS)
