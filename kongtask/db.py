@@ -98,6 +98,16 @@ def _bad_dsn(dsn: str | None, exc: Exception) -> ConfigError:
     return ConfigError(f"DSN {mask_dsn(dsn)!r} is not valid: {scrub(str(exc), dsn)}")
 
 
+def _connect_error(dsn: str | None, exc: Exception) -> Exception:
+    """Why connecting failed, as the CLI's exit codes tell it: a database the DSN
+    names but the server lacks is configuration (ConfigError, exit 2), anything
+    else an unreachable database (ConnectionError, exit 3). Never the password."""
+    line = f"cannot connect to {mask_dsn(dsn)}: {scrub(str(exc), dsn)}"
+    if isinstance(exc, asyncpg.InvalidCatalogNameError):
+        return ConfigError(f"{line} (create it first, e.g. with createdb, or name another)")
+    return ConnectionError(line)
+
+
 def schema_missing(exc: BaseException, schema: str) -> SchemaMissing | None:
     """``exc`` as :class:`SchemaMissing` when it says ``schema`` was never migrated.
 
@@ -125,9 +135,7 @@ async def connect(dsn: str | None, **kwargs: Any) -> asyncpg.Connection:
     except ValueError as exc:  # asyncpg's DSN parser (ClientConfigurationError, a bad port)
         raise _bad_dsn(dsn, exc) from None
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        raise ConnectionError(
-            f"cannot connect to {mask_dsn(dsn)}: {scrub(str(exc), dsn)}"
-        ) from None
+        raise _connect_error(dsn, exc) from None
 
 
 async def create_pool(
@@ -148,8 +156,6 @@ async def create_pool(
     except ValueError as exc:  # asyncpg's DSN parser (ClientConfigurationError, a bad port)
         raise _bad_dsn(dsn, exc) from None
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        raise ConnectionError(
-            f"cannot connect to {mask_dsn(dsn)}: {scrub(str(exc), dsn)}"
-        ) from None
+        raise _connect_error(dsn, exc) from None
     assert pool is not None
     return pool

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import orjson
@@ -108,6 +109,29 @@ async def test_a_dsn_that_does_not_parse_is_bad_input(dsn: str) -> None:
     assert code == EXIT_USAGE, err
     line = _one_error(err)
     assert "is not valid" in line and "hunter2" not in line
+
+
+@pytest.mark.parametrize("command", [("add", "t"), ("migrate",), ("run", "--once")])
+async def test_a_dsn_naming_a_missing_database_is_bad_input(
+    database_url: str, command: tuple[str, ...], tmp_path: Path
+) -> None:
+    """The server is there and says the database is not: configuration (exit 2),
+    not an unreachable database (exit 3), with the password still masked."""
+    parts = urlsplit(database_url)
+    userinfo, _, host = parts.netloc.rpartition("@")
+    password = None if ":" in userinfo else "hunter2"  # trust auth: ignored by the server
+    if password is not None:
+        userinfo = f"{userinfo or 'postgres'}:{password}"
+    dsn = urlunsplit(parts._replace(netloc=f"{userinfo}@{host}", path="/kongtask_no_such_db"))
+    if command[0] == "run":
+        (tmp_path / "tasks.py").write_text(TASKS)
+        command = (*command, "--tasks", str(tmp_path / "tasks.py"))
+    code, _, err = await _cli(command[0], "-c", dsn, *command[1:])
+    assert code == EXIT_USAGE, err
+    line = _one_error(err)
+    assert 'database "kongtask_no_such_db" does not exist' in line and "createdb" in line
+    if password is not None:
+        assert password not in line
 
 
 async def test_too_long_task_is_named_task(utils: WorkerUtils, database_url: str) -> None:
