@@ -68,7 +68,7 @@ FULL: dict[str, Any] = {
     "latency_samples": 1000,
     "scheduled_samples": 200,
     "startup_samples": 5,
-    "spawn_samples": 5,
+    "spawn_samples": 9,
     "idle_wait_s": 1.0,
     "rounds": 2,
     "spawn_jobs": (100_000, 1_000_000),
@@ -427,34 +427,55 @@ async def run_step(
         return await spawn.drain_from_spawn(children, engine, dsn, sizes, admin, step.jobs)
     result = await children.run(engine, engine.args(scenario, dsn, sizes), timeout)
     if scenario == "startup":
-        spawns = []
-        for _ in range(sizes.spawn_samples):
-            await admin.clear(engine.schema)
-            spawns.append(
-                await children.spawn_to_ready(engine, engine.args("idle", dsn, sizes), timeout)
-            )
-        spawn_ms = [s["spawn_to_ready_ms"] for s in spawns]
-        result.update(
-            spawn_to_ready_ms=rnd(median(spawn_ms)),
-            spawn_to_ready_first_ms=spawn_ms[0],
-            spawn_samples=spawn_ms,
-            spawn_samples_count=len(spawn_ms),
-            fresh_process_run_to_ready_ms=rnd(median([s["run_to_ready_ms"] for s in spawns])),
-            rss_at_ready_mb=median(
-                [s["rss_at_ready_mb"] for s in spawns if s.get("rss_at_ready_mb") is not None]
-            ),
-            shutdown_ms=rnd(median([s["shutdown_ms"] for s in spawns])),
+        result.update(await _spawn_samples(children, engine, dsn, sizes, admin, timeout))
+    return result
+
+
+async def _spawn_samples(
+    children: Children,
+    engine: Engine,
+    dsn: str,
+    sizes: Sizes,
+    admin: database.Admin,
+    timeout: float,
+) -> dict[str, Any]:
+    """Spawn -> ready of an idle pool, each sample beside a run of each floor command.
+
+    The floors (the bare runtime; the runtime and the libraries) run right
+    after each spawn, so a spawn and its floor see the same minute of a shared
+    machine: its speed drifts by tens of percent between minutes, and a floor
+    timed after all the spawns made the difference a figure of the drift.
+    ``spawn_over_floor_ms`` is the median of the per-sample differences.
+    """
+    spawns: list[dict[str, Any]] = []
+    floors: dict[str, list[float]] = {what: [] for what in engine.floors}
+    for _ in range(sizes.spawn_samples):
+        await admin.clear(engine.schema)
+        spawns.append(
+            await children.spawn_to_ready(engine, engine.args("idle", dsn, sizes), timeout)
         )
         for what, argv in engine.floors.items():
-            floor = [
-                await children.spawn_floor(engine, argv, timeout)
-                for _ in range(sizes.spawn_samples)
-            ]
-            result[f"spawn_floor_{what}_ms"] = rnd(median(floor))
-        if result.get("spawn_floor_libraries_ms") is not None:
-            result["spawn_over_floor_ms"] = rnd(
-                result["spawn_to_ready_ms"] - result["spawn_floor_libraries_ms"]
-            )
+            floors[what].append(await children.spawn_floor(engine, argv, timeout))
+    spawn_ms = [s["spawn_to_ready_ms"] for s in spawns]
+    result: dict[str, Any] = {
+        "spawn_to_ready_ms": rnd(median(spawn_ms)),
+        "spawn_to_ready_first_ms": spawn_ms[0],
+        "spawn_samples": spawn_ms,
+        "spawn_samples_count": len(spawn_ms),
+        "fresh_process_run_to_ready_ms": rnd(median([s["run_to_ready_ms"] for s in spawns])),
+        "rss_at_ready_mb": median(
+            [s["rss_at_ready_mb"] for s in spawns if s.get("rss_at_ready_mb") is not None]
+        ),
+        "shutdown_ms": rnd(median([s["shutdown_ms"] for s in spawns])),
+    }
+    for what, values in floors.items():
+        result[f"spawn_floor_{what}_ms"] = rnd(median(values))
+        result[f"spawn_floor_{what}_samples"] = [rnd(v) for v in values]
+    libraries = floors.get("libraries")
+    if libraries:
+        result["spawn_over_floor_ms"] = rnd(
+            median([spawn - floor for spawn, floor in zip(spawn_ms, libraries, strict=True)])
+        )
     return result
 
 
