@@ -17,8 +17,9 @@ or locked by a live worker), so scripts can tell "done" from "partly done".
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from ..lazy import attributes
 from .args import COMMAND_NAMES, register
 
 if TYPE_CHECKING:
@@ -38,16 +39,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
+__getattr__, __dir__ = attributes(__name__, _LAZY, globals())
 
 __all__ = [
     "COMMAND_NAMES",

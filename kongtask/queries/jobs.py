@@ -594,6 +594,15 @@ select (select count(*) from j) + (select count(*) from q)"""
 
     # ------------------------------------------------------------- heartbeats
     @cached_property
+    def _worker_upsert(self) -> str:
+        """This pool's row ($1-$5 as in :attr:`heartbeat`): made, or its ``last_seen``
+        renewed; the first heartbeat (in :attr:`join`) and every later one."""
+        return f"""\
+  insert into {self.s}._kongtask_workers as w (worker_id, hostname, pid, host_key, process_start)
+  values ($1::text, $2::text, $3::int, $4::text, $5::bigint)
+  on conflict (worker_id) do update set last_seen = now()"""
+
+    @cached_property
     def heartbeat(self) -> str:
         """Say this pool is alive ($1 worker id, $2 host name, $3 pid, $4 host key,
         $5 process start: see :mod:`kongtask.liveness`) and keep the locks of its
@@ -603,15 +612,13 @@ select (select count(*) from j) + (select count(*) from q)"""
         Returns whether the row was missing: another pool had declared this
         one dead (and freed its jobs) while it could not reach the database.
 
-        The ids travel as ``text[]``: this statement runs on a fresh connection
-        during start-up, and a ``bigint[]`` parameter would first cost asyncpg
-        a type-introspection query (5-15 ms here)."""
+        The ids travel as ``text[]``: the heartbeat's connection is fresh at its
+        first beat, and a ``bigint[]`` parameter would first cost asyncpg a
+        type-introspection query (5-15 ms here)."""
         s = self.s
         return f"""
 with me as (
-  insert into {s}._kongtask_workers as w (worker_id, hostname, pid, host_key, process_start)
-  values ($1::text, $2::text, $3::int, $4::text, $5::bigint)
-  on conflict (worker_id) do update set last_seen = now()
+{self._worker_upsert}
   returning (xmax = 0) as was_missing
 ), fresh as (
   update {s}._private_jobs as jobs set locked_at = now()
@@ -648,9 +655,7 @@ select was_missing from me"""
         s = self.s
         return f"""
 with me as (
-  insert into {s}._kongtask_workers as w (worker_id, hostname, pid, host_key, process_start)
-  values ($1::text, $2::text, $3::int, $4::text, $5::bigint)
-  on conflict (worker_id) do update set last_seen = now()
+{self._worker_upsert}
 ), registered as (
   insert into {s}._private_tasks as tasks (identifier)
   select unnest($6::text[])
