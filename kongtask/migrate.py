@@ -147,19 +147,11 @@ def check_version(schema: str, version: tuple[int, int]) -> None:
         )
 
 
-async def ensure_compatible(conn: asyncpg.Connection, schema: str) -> int:
-    """Check a schema without changing it; returns its latest migration id."""
-    version = await read_version(conn, schema)
-    if version is None:
-        raise SchemaTooOld(f"schema {schema!r} is not installed; run `kongtask migrate` first")
-    check_version(schema, version)
-    return version[0]
-
-
 async def installed_track(conn: asyncpg.Connection, schema: str) -> int:
-    """Check a schema without changing it, as :func:`ensure_compatible` does; returns
-    how far kongtask's own track is applied (see :func:`kongtask_track_version`),
-    read in the same round trip."""
+    """Check a schema without changing it (raising what :func:`check_version` raises,
+    or SchemaTooOld when it is not installed); returns how far kongtask's own track
+    is applied (0 for a schema migrated only by graphile-worker), read in the same
+    round trip."""
     current = await _installed_versions(conn, schema)
     if current is None:
         raise SchemaTooOld(f"schema {schema!r} is not installed; run `kongtask migrate` first")
@@ -264,13 +256,3 @@ async def _migrate_kongtask_track(conn: asyncpg.Connection, schema: str) -> int:
         await conn.execute(q.record_track_sql(schema), number)
         count += 1
     return count
-
-
-async def kongtask_track_version(conn: asyncpg.Connection, schema: str) -> int:
-    """How far kongtask's own track is applied (0 for a schema migrated only by
-    graphile-worker): heartbeats and recovery need all of it."""
-    quoted = quote_ident(schema)
-    exists = await conn.fetchval(q.TABLE_EXISTS, f"{quoted}._kongtask_migrations")
-    if not exists:
-        return 0
-    return int(await conn.fetchval(q.track_version_sql(schema)))

@@ -428,10 +428,8 @@ class Runner:
         found = rows[0]
         await heartbeat.joined(conn, sent, found)
         report_unhandled_jobs(list(found["unhandled"]), self.schema, self.log)
+        # ``on conflict ... do update`` returns a row for every name, inserted or not.
         by_name = {row["task_name"]: row["task_id"] for row in rows}
-        if any(name not in by_name for name in names):
-            # Not expected (``do update`` returns every row); a second look costs little.
-            return (*await self._register_tasks(conn), found["backend_pid"])
         return [by_name[name] for name in names], names, found["backend_pid"]
 
     async def _register_tasks(self, conn: asyncpg.Connection) -> tuple[list[int], list[str]]:

@@ -16,7 +16,7 @@ from kongtask.errors import ConfigError
 from kongtask.migrate import (
     KONGTASK_MIGRATIONS,
     LATEST_MIGRATION,
-    ensure_compatible,
+    installed_track,
     migrate,
     read_sql,
 )
@@ -60,7 +60,7 @@ async def test_newer_breaking_migration_is_refused(
             await utils.migrate()
         assert info.value.exit_code == 57
         with pytest.raises(SchemaTooNew):
-            await ensure_compatible(conn, schema)
+            await installed_track(conn, schema)
 
 
 async def test_newer_non_breaking_migration_is_accepted(
@@ -94,7 +94,7 @@ async def test_missing_schema_is_reported_without_migrating(
     conn: asyncpg.Connection, schema: str
 ) -> None:
     with pytest.raises(SchemaTooOld, match="not installed"):
-        await ensure_compatible(conn, schema)
+        await installed_track(conn, schema)
 
 
 @pytest.mark.parametrize("bad", ["", "x" * 64, "nul\x00byte"])

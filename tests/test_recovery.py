@@ -35,6 +35,17 @@ async def _job_row(conn: asyncpg.Connection, schema: str, job_id: int) -> Any:
     )
 
 
+async def _held_by(conn: asyncpg.Connection, schema: str, holders: dict[int, str]) -> None:
+    """Lock each job as a pool would have claimed it: by that worker id, attempt counted."""
+    for job_id, worker_id in holders.items():
+        await conn.execute(
+            f"update {quote_ident(schema)}._private_jobs set locked_by = $2, locked_at = now(), "
+            "attempts = 1 where id = $1",
+            job_id,
+            worker_id,
+        )
+
+
 async def test_a_pool_starting_on_the_same_host_frees_a_dead_pools_jobs_at_once(
     database_url: str, utils: WorkerUtils, conn: asyncpg.Connection, tmp_path: Path
 ) -> None:
@@ -94,12 +105,7 @@ async def test_pools_elsewhere_are_left_to_their_heartbeats(
         own_host,
         own_start - 1,  # our pid, but a process that started earlier: not us
     )
-    await conn.execute(
-        f"update {s}._private_jobs set locked_by = case id when $1 then 'elsewhere' "
-        "else 'reused' end, locked_at = now(), attempts = 1 where id = any($2::bigint[])",
-        elsewhere.id,
-        [elsewhere.id, reused.id],
-    )
+    await _held_by(conn, utils.schema, {elsewhere.id: "elsewhere", reused.id: "reused"})
 
     async def handler(payload: Any, helpers: kongtask.Helpers) -> None:
         return None
@@ -127,12 +133,7 @@ async def test_a_starting_pool_frees_the_jobs_of_a_pool_silent_too_long(
         "last_seen) values ('silent', 'h', 1, 'another-boot/1', 1, now() - interval '1 hour'), "
         "('alive', 'h', 2, 'another-boot/1', 1, now())"
     )
-    await conn.execute(
-        f"update {s}._private_jobs set locked_by = case id when $1 then 'silent' "
-        "else 'alive' end, locked_at = now(), attempts = 1 where id = any($2::bigint[])",
-        silent.id,
-        [silent.id, alive.id],
-    )
+    await _held_by(conn, utils.schema, {silent.id: "silent", alive.id: "alive"})
 
     async def handler(payload: Any, helpers: kongtask.Helpers) -> None:
         raise AssertionError("backing off: must not run yet")

@@ -21,7 +21,6 @@ __all__ = [
     "create_track_table_sql",
     "record_migrations_sql",
     "record_track_sql",
-    "track_version_sql",
     "versions_sql",
 ]
 
@@ -78,7 +77,3 @@ def applied_track_sql(schema: str) -> str:
 def record_track_sql(schema: str) -> str:
     """Record kongtask track migration $1 as applied."""
     return f"insert into {quote_ident(schema)}._kongtask_migrations (id) values ($1)"
-
-
-def track_version_sql(schema: str) -> str:
-    return f"select coalesce(max(id), 0) from {quote_ident(schema)}._kongtask_migrations"
