@@ -447,7 +447,14 @@ async def test_cron_page_shows_next_tick_and_lateness(
     page = (await client.get("/cron")).text
     rows = {m.group(1): m.group(0) for m in re.finditer(r"<code>(\w+)</code>.*?</tr>", page, re.S)}
     assert "behind since" in rows["every_minute"]
-    assert "not registered" in rows["fresh_one"] and re.search(r">in \d", rows["fresh_one"])
+    assert "not registered" in rows["fresh_one"]
+    # The next */5 tick: on a five-minute boundary at most five minutes ahead, shown
+    # as "in …" (or "now" when the page was drawn within a second of it).
+    tick = re.search(r'<span title="([^"]+ UTC)">(in \d[^<]*|now)</span>', rows["fresh_one"])
+    assert tick, rows["fresh_one"]
+    when = datetime.strptime(tick.group(1), "%Y-%m-%d %H:%M:%S UTC").replace(tzinfo=timezone.utc)
+    assert when.minute % 5 == 0 and when.second == 0
+    assert now - timedelta(seconds=1) < when <= now + timedelta(minutes=5, seconds=1)
     assert "not in this crontab" in rows["removed_item"]
     assert "1 h" in rows["nightly"]  # backfill shown
     bare = client_for(make_dashboard())
