@@ -102,6 +102,11 @@ class Wakeups:
         #: Result writes so far (of claimed jobs or leases); run_once compares it.
         self.writes = 0
 
+    @property
+    def pending(self) -> Wake:
+        """Reasons posted and not yet taken."""
+        return self._pending
+
     def post(self, reason: Wake) -> None:
         self._pending |= reason
         self._event.set()
@@ -258,6 +263,14 @@ class Fetcher:
         if state not in TRANSITIONS[self.state]:
             raise AssertionError(f"fetcher: {self.state.name} -> {state.name} is not allowed")
         self.state = state
+
+    def describe(self) -> str:
+        """The state and what it is waiting with, for a state dump (``SIGUSR1``)."""
+        return (
+            f"{self.state.name}, {len(self._inflight)} fetch(es) in flight "
+            f"({self._inflight_jobs} jobs asked), more={self._more}, "
+            f"writes={self._wakeups.writes}, pending wake-ups={self._wakeups.pending!r}"
+        )
 
     def stop(self) -> None:
         """Stop fetching; fetches in flight finish, so the jobs they take come back."""

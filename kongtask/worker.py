@@ -14,6 +14,7 @@ the stale-lock sweep, heartbeats and recovery: :mod:`kongtask.housekeeping`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import signal
@@ -481,6 +482,33 @@ class Runner:
             except (NotImplementedError, RuntimeError):
                 continue
             self._signals_installed.append(sig)
+        # Only where nobody else handles SIGUSR1 (an application embedding the pool
+        # may use it), and never on a platform without it.
+        usr1 = getattr(signal, "SIGUSR1", None)
+        if usr1 is not None and signal.getsignal(usr1) is signal.SIG_DFL:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(usr1, self._dump_state)
+                self._signals_installed.append(usr1)
+
+    def _dump_state(self) -> None:
+        """``SIGUSR1``: write what the pool is doing to its log (statedump.py)."""
+        from .statedump import render
+
+        dispatcher, completer = self._dispatcher, self._completer
+        parts: dict[str, object] = {
+            "fetcher": self._fetcher.describe() if self._fetcher is not None else "none",
+            "stopping": self._stopping,
+        }
+        if dispatcher is not None:
+            parts["jobs"] = (
+                f"{len(dispatcher.running)} running {sorted(dispatcher.running)[:20]}, "
+                f"{dispatcher.queued()} queued, {dispatcher.idle_slots()} idle slot(s)"
+            )
+        if completer is not None:
+            parts["results"] = f"{completer.pending} buffered, idle={completer.idle}"
+        if self._keeper is not None:
+            parts["leases"] = f"pending={self._keeper.pending()}"
+        self.log.warning("%s", render(self.worker_id, parts, asyncio.all_tasks()))
 
     def _on_signal(self, sig: int) -> None:
         if self._shutdown_task is None:
