@@ -28,12 +28,15 @@ import kongtask
 from .common import EMPTY_POLL_S, GO, READY, TASK, WINDOW, mb, per_job_us, rnd, rss_bytes
 from .cpu import ServerCpu
 from .database import Admin
+from .hang import hang_report
 
 KONGTASK = "kongtask"
 KONGTASK_PURE = "kongtask-pure"
 GRAPHILE_WORKER = "graphile-worker"
 
 _STDERR_TAIL = 2000
+#: The stderr kept when a child timed out: room for a pool's state dump.
+TIMEOUT_TAIL = 12000
 #: Scenarios whose children hand the edges of their timed window to the harness.
 WINDOWED = ("enqueue", "drain", "memory")
 #: The module ``kongtask run --tasks`` loads in the drain-from-spawn scenario.
@@ -241,14 +244,14 @@ def _last_json(out: bytes) -> dict[str, Any] | None:
     return None
 
 
-def stderr_tail(fh: IO[bytes] | None) -> str:
+def stderr_tail(fh: IO[bytes] | None, limit: int = _STDERR_TAIL) -> str:
     if fh is None:
         return ""
     fh.seek(0, os.SEEK_END)
     size = fh.tell()
-    fh.seek(max(0, size - _STDERR_TAIL))
+    fh.seek(max(0, size - limit))
     text = fh.read().decode(errors="replace").strip()
-    return f"\n--- child stderr (last {_STDERR_TAIL} bytes) ---\n{text}" if text else ""
+    return f"\n--- child stderr (last {limit} bytes) ---\n{text}" if text else ""
 
 
 class Children:
@@ -369,10 +372,13 @@ class Children:
             try:
                 out = await asyncio.wait_for(self._answer_windows(proc, edges), timeout)
             except asyncio.TimeoutError:
+                report = hang_report(proc.pid, kongtask=engine.kongtask)
                 proc.kill()
                 await proc.wait()
                 raise ChildError(
-                    f"{engine.label}: timed out after {timeout:.0f} s" + stderr_tail(err)
+                    f"{engine.label}: timed out after {timeout:.0f} s"
+                    + stderr_tail(err, TIMEOUT_TAIL)
+                    + report
                 ) from None
             finally:
                 self.forget(proc)
@@ -413,10 +419,11 @@ class Children:
                 proc.send_signal(signal.SIGTERM)
                 out, _ = await asyncio.wait_for(proc.communicate(), timeout)
             except asyncio.TimeoutError:
+                report = hang_report(proc.pid, kongtask=engine.kongtask)
                 proc.kill()
                 await proc.wait()
                 raise ChildError(
-                    f"{engine.label}: idle pool timed out" + stderr_tail(err)
+                    f"{engine.label}: idle pool timed out" + stderr_tail(err, TIMEOUT_TAIL) + report
                 ) from None
             finally:
                 self.forget(proc)

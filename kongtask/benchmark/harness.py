@@ -73,6 +73,7 @@ FULL: dict[str, Any] = {
     "rounds": 2,
     "spawn_jobs": (100_000, 1_000_000),
     "payload_jobs": 100_000,
+    "timeout": 900,
 }
 QUICK: dict[str, Any] = {
     "enqueue_jobs": 2000,
@@ -87,6 +88,9 @@ QUICK: dict[str, Any] = {
     "rounds": 1,
     "spawn_jobs": (3000,),
     "payload_jobs": 3000,
+    # Well inside the smoke test's own timeout, so that a child that hangs is
+    # reported with its stacks (benchmark/hang.py) instead of killed unseen.
+    "timeout": 90,
 }
 
 EXIT_OK = 0
@@ -236,9 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--timeout",
         type=_positive,
-        default=900,
         metavar="SEC",
-        help="per child process (default %(default)s)",
+        help="per child process (default 900, quick 90)",
     )
     parser.add_argument(
         "--output",
@@ -524,7 +527,7 @@ def _sizes(args: argparse.Namespace) -> tuple[Sizes, int]:
         concurrency=args.concurrency,
         local_queue_size=args.local_queue_size,
         poll_interval_ms=args.poll_interval,
-        timeout_s=args.timeout,
+        timeout_s=pick("timeout"),
         idle_wait_s=base["idle_wait_s"],
         analyze=not args.skip_analyze,
     )
