@@ -41,7 +41,7 @@ from .options import WorkerOptions, build_options, check_pool_size
 from .outcomes import FENCE_MESSAGE, SHUTDOWN_MESSAGE, Outcomes, format_error
 from .queries import Queries
 from .tasks import Handler, TaskList, as_task_list
-from .unhandled import MAX_LISTED, report_unhandled_jobs, warn_unhandled_cron, warn_unhandled_jobs
+from .unhandled import warn_unhandled_cron, warn_unhandled_jobs
 
 if TYPE_CHECKING:
     from .cron import CronScheduler
@@ -89,6 +89,7 @@ class Runner:
         self._wakeups = Wakeups()
         self._fetch_task: asyncio.Task[State] | None = None
         self._background: list[asyncio.Task[Any]] = []
+        self._unhandled_check: asyncio.Task[None] | None = None
         self._slots: list[asyncio.Task[None]] = []
         self._listener: Listener | None = None
         self._completer: Completer | None = None
@@ -184,7 +185,6 @@ class Runner:
                     if probe:
                         probe = await pooling.behind_proxy(conn)
                     task_ids, task_names = await self._register_tasks(conn)
-                    await warn_unhandled_jobs(conn, self.queries, task_names, self.log)
             if listening is not None:
                 await listening
             if probe:
@@ -258,7 +258,19 @@ class Runner:
             "a given pool" if self._given_pool is not None else mask_dsn(self._dsn),
             IMPLEMENTATION,
         )
+        self._unhandled_check = loop.create_task(self._warn_unhandled(task_names))
         return self
+
+    async def _warn_unhandled(self, task_names: list[str]) -> None:
+        """Warn of waiting jobs no handler here can run. After ready, not in the
+        start-up statement: it is a log line, and reading the jobs table on a
+        fresh connection costs a millisecond of ready (see ``Queries.join``)."""
+        assert self._pool is not None
+        try:
+            async with self._pool.acquire() as conn:
+                await warn_unhandled_jobs(conn, self.queries, task_names, self.log)
+        except DB_OR_TIMEOUT_ERRORS as exc:
+            self.log.debug("could not look for jobs no handler here can run: %s", exc)
 
     def _build(
         self, loop: asyncio.AbstractEventLoop, task_ids: list[int], task_names: list[str]
@@ -414,21 +426,16 @@ class Runner:
     async def _join(
         self, conn: asyncpg.Connection, heartbeat: Heartbeat
     ) -> tuple[list[int], list[str], int]:
-        """Register tasks, send the first heartbeat, free dead pools' jobs and warn of
-        unhandled waiting jobs, in one statement (two when there is something to
-        free); returns the task ids and names and the backend's pid."""
+        """Register tasks, send the first heartbeat and free dead pools' jobs, in one
+        statement (two when there is something to free); returns the task ids
+        and names and the backend's pid."""
         names = list(self.tasks)
         sent = asyncio.get_running_loop().time()
         rows = await conn.fetch(
-            self.queries.join,
-            *heartbeat.identity(),
-            names,
-            heartbeat.dead_after,
-            MAX_LISTED + 1,
+            self.queries.join, *heartbeat.identity(), names, heartbeat.dead_after
         )
         found = rows[0]
         await heartbeat.joined(conn, sent, found)
-        report_unhandled_jobs(list(found["unhandled"]), self.schema, self.log)
         # ``on conflict ... do update`` returns a row for every name, inserted or not.
         by_name = {row["task_name"]: row["task_id"] for row in rows}
         return [by_name[name] for name in names], names, found["backend_pid"]
@@ -546,6 +553,12 @@ class Runner:
             for task in late:
                 task.cancel()
         await asyncio.gather(*fetching, *self._background, return_exceptions=True)
+        check = self._unhandled_check
+        if check is not None:
+            # A short run (--once on an empty queue) still gets its warning.
+            await asyncio.wait([check], timeout=5)
+            check.cancel()  # nothing if it ended
+            await asyncio.gather(check, return_exceptions=True)
         if self._listener is not None:
             await self._listener.stop()
         if dispatcher is not None:
