@@ -41,7 +41,7 @@ from .errors import (
 )
 from .logsetup import configure_logging
 from .migrate import MigrationResult
-from .supervisor import resolve_processes, supervise, without_processes
+from .processes_option import resolve_processes, without_processes
 
 if TYPE_CHECKING:
     from .client import Job, WorkerUtils
@@ -545,6 +545,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     if args.command == "run" and args.processes is not None:
         # The supervisor is plain processes and signals: no event loop here.
+        from .supervisor import supervise  # only a --processes run needs it
+
         return supervise(without_processes(argv), args.processes)
     handler = COMMANDS[args.command]
     dsn_hint = getattr(args, "connection", None) or os.environ.get("DATABASE_URL")

@@ -33,16 +33,17 @@ leave orphans holding jobs.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
+
+from .processes_option import resolve_processes, without_processes
 
 log = logging.getLogger("kongtask.supervisor")
 
@@ -56,56 +57,6 @@ FATAL_EXIT_CODES = frozenset({2, 4, 57})
 _SIGNALLED = frozenset({128 + signal.SIGTERM, 128 + signal.SIGINT})
 #: How often (seconds) children are polled; also bounds restart latency.
 _POLL = 0.05
-
-
-def resolve_processes(value: str) -> int:
-    """``--processes`` value: ``auto`` (the CPUs this process may use) or an int >= 1.
-
-    Raises :class:`argparse.ArgumentTypeError`, so it can be an argparse
-    ``type=`` and the message reaches the user as is. ``auto`` counts the
-    CPUs in this process's affinity mask where the OS has one (containers and
-    ``taskset`` restrict it), else ``os.cpu_count()``.
-    """
-    text = str(value).strip().lower()
-    if text == "auto":
-        try:
-            return max(len(os.sched_getaffinity(0)), 1)
-        except (AttributeError, OSError):
-            return os.cpu_count() or 1
-    try:
-        number = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--processes: expected 'auto' or a whole number >= 1, got {value!r}"
-        ) from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"--processes: must be >= 1, got {number}")
-    return number
-
-
-def without_processes(argv: Sequence[str]) -> list[str]:
-    """``argv`` minus its ``--processes`` option, for the children's command line.
-
-    Removes ``--processes N``, ``--processes=N`` and the abbreviations
-    argparse accepts (``--proc 4``; at least ``--pr``, since ``--p`` is
-    ambiguous with ``--poll-interval``); everything else, including global
-    options before the command, is passed on unchanged.
-    """
-    out: list[str] = []
-    items = list(argv)
-    i = 0
-    while i < len(items):
-        token = items[i]
-        name, eq, _ = token.partition("=")
-        if len(name) >= 4 and "--processes".startswith(name):
-            i += 1 if eq else 2
-            continue
-        if token == "--":  # positional arguments follow; nothing to strip there
-            out.extend(items[i:])
-            break
-        out.append(token)
-        i += 1
-    return out
 
 
 def _pdeathsig_preexec() -> Callable[[], None] | None:

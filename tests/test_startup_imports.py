@@ -25,6 +25,8 @@ NOT_FOR_WORKERS = (
     "kongtask.cron",
     "kongtask.inspect_cli.commands",
     "kongtask.dashboard.app",
+    "kongtask.supervisor",  # --processes only
+    "kongtask.statedump",  # on SIGUSR1 only
     "shutil",
     "ctypes",
     "shlex",
