@@ -55,6 +55,8 @@ FATAL_EXIT_CODES = frozenset({2, 4, 57})
 #: Exit codes (128 + N) of a child that died of SIGTERM/SIGINT itself, i.e. was
 #: signalled before it installed its handlers, so before it fetched any job.
 _SIGNALLED = frozenset({128 + signal.SIGTERM, 128 + signal.SIGINT})
+#: The signal a worker answers with its state (kongtask/statedump.py); 0 where none.
+_STATE_DUMP = getattr(signal, "SIGUSR1", 0)
 #: How often (seconds) children are polled; also bounds restart latency.
 _POLL = 0.05
 
@@ -147,9 +149,14 @@ class _Supervisor:
         self.received.append(sig)
 
     def forward_signals(self) -> None:
-        """First signal: graceful stop of every child; later ones: forwarded again (force)."""
+        """First signal: graceful stop of every child; later ones: forwarded again
+        (force). SIGUSR1 is passed on and stops nothing: each child logs its state."""
         while self.received:
             sig = self.received.pop(0)
+            if sig == _STATE_DUMP:
+                log.info("received SIGUSR1: asking every child for its state")
+                self.send(sig)
+                continue
             self.signals += 1
             name = signal.Signals(sig).name
             if self.signals == 1:
@@ -255,9 +262,8 @@ def supervise(
     if restart_backoff <= 0 or max_backoff < restart_backoff:
         raise ValueError("need 0 < restart_backoff <= max_backoff")
     supervisor = _Supervisor(list(child_argv), processes, restart_backoff, max_backoff)
-    previous = {
-        sig: signal.signal(sig, supervisor.on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
-    }
+    handled = (signal.SIGINT, signal.SIGTERM, *([_STATE_DUMP] if _STATE_DUMP else []))
+    previous = {sig: signal.signal(sig, supervisor.on_signal) for sig in handled}
     try:
         return supervisor.run()
     finally:

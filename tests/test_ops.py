@@ -737,6 +737,31 @@ async def test_supervisor_restarts_a_killed_child(
     assert victim not in dict(await conn.fetch(f"select pid, count(*) from {s}.ran group by pid"))
 
 
+async def test_supervisor_passes_sigusr1_on_and_stops_nothing(
+    database_url: str, utils: WorkerUtils, conn: asyncpg.Connection, tmp_path: Path
+) -> None:
+    tasks_file, s = await _pid_setup(utils, conn, tmp_path)
+    sup = await Supervised.start(database_url, utils.schema, tasks_file)
+    try:
+        await sup.wait_lines("ready:", 2)  # a child without its handlers would die of it
+        pids = sup.child_pids()
+        sup.proc.send_signal(signal.SIGUSR1)
+        await sup.wait_lines("state of worker", 2)
+        assert sup.count("exited with code") == 0, sup.log
+        for pid in pids:
+            os.kill(pid, 0)  # both children still alive
+        await utils.add_jobs_count([JobSpec("pid", {"n": i}) for i in range(20)])
+
+        async def all_ran() -> bool:
+            return await conn.fetchval(f"select count(*) from {s}.ran") == 20
+
+        await eventually(all_ran, what="20 jobs to run after the state dump")
+        sup.proc.send_signal(signal.SIGTERM)
+        assert await sup.finish() == 0, sup.log
+    finally:
+        sup.kill()
+
+
 async def test_supervisor_stops_on_schema_too_new(
     database_url: str, utils: WorkerUtils, conn: asyncpg.Connection, tmp_path: Path
 ) -> None:
