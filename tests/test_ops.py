@@ -707,6 +707,20 @@ async def test_supervisor_spreads_work_and_stops_cleanly(
     )
 
 
+async def _run_jobs_then_stop(
+    sup: Supervised, utils: WorkerUtils, conn: asyncpg.Connection, s: str, n: int, when: str
+) -> None:
+    """Add ``n`` jobs, wait until the children ran them all, stop gracefully (exit 0)."""
+    await utils.add_jobs_count([JobSpec("pid", {"n": i}) for i in range(n)])
+
+    async def all_ran() -> bool:
+        return await conn.fetchval(f"select count(*) from {s}.ran") == n
+
+    await eventually(all_ran, what=f"{n} jobs to run {when}")
+    sup.proc.send_signal(signal.SIGTERM)
+    assert await sup.finish() == 0, sup.log
+
+
 async def test_supervisor_restarts_a_killed_child(
     database_url: str, utils: WorkerUtils, conn: asyncpg.Connection, tmp_path: Path
 ) -> None:
@@ -724,14 +738,7 @@ async def test_supervisor_restarts_a_killed_child(
         new_pid = sup.child_pids()[started_before]
         assert new_pid != victim
         os.kill(new_pid, 0)  # alive
-        await utils.add_jobs_count([JobSpec("pid", {"n": i}) for i in range(200)])
-
-        async def all_ran() -> bool:
-            return await conn.fetchval(f"select count(*) from {s}.ran") == 200
-
-        await eventually(all_ran, what="200 jobs to run after the restart")
-        sup.proc.send_signal(signal.SIGTERM)
-        assert await sup.finish() == 0, sup.log
+        await _run_jobs_then_stop(sup, utils, conn, s, 200, "after the restart")
     finally:
         sup.kill()
     assert victim not in dict(await conn.fetch(f"select pid, count(*) from {s}.ran group by pid"))
@@ -750,14 +757,7 @@ async def test_supervisor_passes_sigusr1_on_and_stops_nothing(
         assert sup.count("exited with code") == 0, sup.log
         for pid in pids:
             os.kill(pid, 0)  # both children still alive
-        await utils.add_jobs_count([JobSpec("pid", {"n": i}) for i in range(20)])
-
-        async def all_ran() -> bool:
-            return await conn.fetchval(f"select count(*) from {s}.ran") == 20
-
-        await eventually(all_ran, what="20 jobs to run after the state dump")
-        sup.proc.send_signal(signal.SIGTERM)
-        assert await sup.finish() == 0, sup.log
+        await _run_jobs_then_stop(sup, utils, conn, s, 20, "after the state dump")
     finally:
         sup.kill()
 
