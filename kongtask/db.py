@@ -143,6 +143,10 @@ _TLS_VARS = (
 )
 #: Loopback DSNs whose server refused a connection without TLS.
 _WANTS_TLS: set[str] = set()
+#: How a server refuses a connection for lacking TLS: PostgreSQL's pg_hba.conf
+#: (28000, "no pg_hba.conf entry ... no encryption") and PgBouncer's
+#: ``client_tls_sslmode = require`` (08P01, "SSL required").
+_TLS_REFUSALS = (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.ProtocolViolationError)
 
 
 def plain_on_loopback(dsn: str | None, kwargs: dict[str, Any]) -> bool:
@@ -182,8 +186,8 @@ async def connect(dsn: str | None, **kwargs: Any) -> asyncpg.Connection:
         if plain_on_loopback(dsn, kwargs):
             try:
                 return await asyncpg.connect(dsn, ssl=False, **kwargs)
-            except asyncpg.InvalidAuthorizationSpecificationError:
-                _WANTS_TLS.add(str(dsn))  # pg_hba.conf wants TLS here: ask as libpq would
+            except _TLS_REFUSALS:
+                _WANTS_TLS.add(str(dsn))  # the server wants TLS here: ask as libpq would
         return await asyncpg.connect(dsn or None, **kwargs)
     except ValueError as exc:  # asyncpg's DSN parser (ClientConfigurationError, a bad port)
         raise _bad_dsn(dsn, exc) from None
@@ -210,8 +214,8 @@ async def create_pool(
                 pool = await asyncpg.create_pool(
                     dsn, min_size=min_size, max_size=max_size, ssl=False, **kwargs
                 )
-            except asyncpg.InvalidAuthorizationSpecificationError:
-                _WANTS_TLS.add(str(dsn))  # pg_hba.conf wants TLS here: ask as libpq would
+            except _TLS_REFUSALS:
+                _WANTS_TLS.add(str(dsn))  # the server wants TLS here: ask as libpq would
         if pool is None:
             pool = await asyncpg.create_pool(
                 dsn or None, min_size=min_size, max_size=max_size, **kwargs
