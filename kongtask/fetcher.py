@@ -445,15 +445,21 @@ class Fetcher:
         if self._more and self._start(reclaim=False):
             return
         self._move(State.IDLE)
-        if self._once and not result.got:
+        if self._once:
+            # Even when this fetch brought jobs: it hands them to the slots before
+            # its last statement, so they may have run and been written (and the
+            # fetch that write started ended empty) while it was still in flight.
             self._check_drained(fetch)
 
     def _check_drained(self, fetch: _InFlight) -> None:
-        """run_once: stop when nothing is due, in hand or being written.
+        """run_once, when the last fetch in flight has ended: stop when nothing is
+        due, in hand or being written.
 
         A result still being written may free a named queue whose next job is
         then due, so the pool only stops after a fetch that started once every
-        result was written came back empty.
+        result was written came back empty. A fetch that brought jobs never
+        stops the pool here: its jobs were either written since it began (the
+        counts differ: look again) or are still busy (their write wakes us).
         """
         if self._busy():
             return  # a finishing job, flush or settle wakes us again

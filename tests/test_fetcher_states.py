@@ -144,6 +144,38 @@ async def test_run_once_drains_only_after_the_last_fetch_in_flight() -> None:
         await asyncio.gather(*slots)
 
 
+async def test_run_once_looks_again_when_the_fetch_that_brought_jobs_ends_last() -> None:
+    """A fetch hands its jobs to the slots before its last statement ends, so
+    they can run and be written while it is still in flight. If the fetch that
+    write started ends empty first, the one that brought the jobs ends last:
+    run_once must look again then, not wait for a write that already happened
+    (the hang seen in CI: an idle pool, idle slots, a fetcher waiting)."""
+    fetcher, cycle, wakeups, dispatcher = _pool(once=True)
+    slots = [asyncio.ensure_future(dispatcher.slot()) for _ in range(4)]  # idle, hungry
+    running = asyncio.ensure_future(fetcher.run())
+    try:
+        first, _ = await _next(cycle)
+        second, _ = await _next(cycle)  # idle slots: a second fetch joins
+        second.set_result(0)
+        await _settle()
+        wakeups.results_written()  # the first fetch's job ran and was written
+        third, _ = await _next(cycle)  # the write starts a fetch beside the first
+        third.set_result(0)
+        await _settle()
+        assert fetcher.state is State.FETCHING and not running.done()
+        first.set_result(1)  # the first fetch ends last, with its job
+        later = 0
+        while not running.done():
+            (await _next(cycle))[0].set_result(0)
+            later += 1
+            await _settle()
+        assert later >= 1 and running.result() is State.DRAINED
+    finally:
+        dispatcher.stopping = True
+        dispatcher.release_waiters()
+        await asyncio.gather(*slots)
+
+
 async def test_run_once_waits_while_jobs_run() -> None:
     busy = [True]
     fetcher, cycle, wakeups, _ = _pool(once=True, busy=lambda: busy[0])
