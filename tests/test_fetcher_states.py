@@ -11,7 +11,9 @@ pool's own; no database is touched.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -94,6 +96,37 @@ async def _settle() -> None:
         await asyncio.sleep(0)
 
 
+@contextlib.asynccontextmanager
+async def _hungry_once_pool() -> AsyncIterator[
+    tuple[ScriptedCycle, Wakeups, asyncio.Future[State]]
+]:
+    """A run_once pool whose four slots all wait for work, its fetcher running."""
+    fetcher, cycle, wakeups, dispatcher = _pool(once=True)
+    slots = [asyncio.ensure_future(dispatcher.slot()) for _ in range(4)]
+    running = asyncio.ensure_future(fetcher.run())
+    try:
+        yield cycle, wakeups, running
+    finally:
+        dispatcher.stopping = True
+        dispatcher.release_waiters()
+        await asyncio.gather(*slots)
+        fetcher.stop()
+        await asyncio.wait_for(running, 5)
+
+
+async def _end_later_fetches_empty(
+    cycle: ScriptedCycle, running: asyncio.Future[State]
+) -> tuple[int, State]:
+    """End each further fetch with nothing until the fetcher stops; how many
+    there were, and the state it stopped in (a hang fails in ``_next``)."""
+    later = 0
+    while not running.done():
+        (await _next(cycle))[0].set_result(0)
+        later += 1
+        await _settle()
+    return later, running.result()
+
+
 async def test_a_write_during_a_fetch_is_followed_by_another_fetch() -> None:
     """A result written while a fetch is in flight (a named queue may be free
     now) cannot join it: no slot is idle. The state turns STALE, and when the
@@ -121,27 +154,16 @@ async def test_run_once_drains_only_after_the_last_fetch_in_flight() -> None:
     """An empty fetch while another is in flight cannot end run_once, even when
     the other brings jobs (they may all be run and written before it ends):
     only a later empty fetch, begun after every write, does."""
-    fetcher, cycle, wakeups, dispatcher = _pool(once=True)
-    slots = [asyncio.ensure_future(dispatcher.slot()) for _ in range(4)]  # idle, hungry
-    running = asyncio.ensure_future(fetcher.run())
-    try:
+    async with _hungry_once_pool() as (cycle, wakeups, running):
         first, _ = await _next(cycle)
         second, _ = await _next(cycle)  # idle slots: a second fetch joins
         first.set_result(0)
         await _settle()
-        assert fetcher.state is State.FETCHING
+        assert not running.done()
         wakeups.results_written()  # the second fetch's job ran and was written
         second.set_result(0)
-        later = 0
-        while not running.done():
-            (await _next(cycle))[0].set_result(0)
-            later += 1
-            await _settle()
-        assert later >= 1 and running.result() is State.DRAINED
-    finally:
-        dispatcher.stopping = True
-        dispatcher.release_waiters()
-        await asyncio.gather(*slots)
+        later, state = await _end_later_fetches_empty(cycle, running)
+        assert later >= 1 and state is State.DRAINED
 
 
 async def test_run_once_looks_again_when_the_fetch_that_brought_jobs_ends_last() -> None:
@@ -150,10 +172,7 @@ async def test_run_once_looks_again_when_the_fetch_that_brought_jobs_ends_last()
     write started ends empty first, the one that brought the jobs ends last:
     run_once must look again then, not wait for a write that already happened
     (the hang seen in CI: an idle pool, idle slots, a fetcher waiting)."""
-    fetcher, cycle, wakeups, dispatcher = _pool(once=True)
-    slots = [asyncio.ensure_future(dispatcher.slot()) for _ in range(4)]  # idle, hungry
-    running = asyncio.ensure_future(fetcher.run())
-    try:
+    async with _hungry_once_pool() as (cycle, wakeups, running):
         first, _ = await _next(cycle)
         second, _ = await _next(cycle)  # idle slots: a second fetch joins
         second.set_result(0)
@@ -162,18 +181,10 @@ async def test_run_once_looks_again_when_the_fetch_that_brought_jobs_ends_last()
         third, _ = await _next(cycle)  # the write starts a fetch beside the first
         third.set_result(0)
         await _settle()
-        assert fetcher.state is State.FETCHING and not running.done()
+        assert not running.done()
         first.set_result(1)  # the first fetch ends last, with its job
-        later = 0
-        while not running.done():
-            (await _next(cycle))[0].set_result(0)
-            later += 1
-            await _settle()
-        assert later >= 1 and running.result() is State.DRAINED
-    finally:
-        dispatcher.stopping = True
-        dispatcher.release_waiters()
-        await asyncio.gather(*slots)
+        later, state = await _end_later_fetches_empty(cycle, running)
+        assert later >= 1 and state is State.DRAINED
 
 
 async def test_run_once_waits_while_jobs_run() -> None:
