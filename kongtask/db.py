@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 import asyncpg
@@ -129,6 +130,8 @@ def schema_missing(exc: BaseException, schema: str) -> SchemaMissing | None:
     return None
 
 
+T = TypeVar("T")
+
 #: Host names whose traffic never leaves the machine.
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 #: Variables by which the environment asks for (or configures) TLS.
@@ -179,16 +182,25 @@ def plain_on_loopback(dsn: str | None, kwargs: dict[str, Any]) -> bool:
     return all(name.lower() in _LOOPBACK for name in names)
 
 
+async def _plain_first(
+    dsn: str | None, kwargs: dict[str, Any], open_with: Callable[..., Awaitable[T]]
+) -> T:
+    """``open_with(dsn, **kwargs)``, without TLS first where :func:`plain_on_loopback`
+    allows; a server that refuses that is asked again the default way, and its
+    DSN remembered."""
+    if plain_on_loopback(dsn, kwargs):
+        try:
+            return await open_with(dsn, ssl=False, **kwargs)
+        except _TLS_REFUSALS:
+            _WANTS_TLS.add(str(dsn))
+    return await open_with(dsn or None, **kwargs)
+
+
 async def connect(dsn: str | None, **kwargs: Any) -> asyncpg.Connection:
     """One connection, with errors that never show the password (without TLS on
     loopback unless asked: :func:`plain_on_loopback`)."""
     try:
-        if plain_on_loopback(dsn, kwargs):
-            try:
-                return await asyncpg.connect(dsn, ssl=False, **kwargs)
-            except _TLS_REFUSALS:
-                _WANTS_TLS.add(str(dsn))  # the server wants TLS here: ask as libpq would
-        return await asyncpg.connect(dsn or None, **kwargs)
+        return await _plain_first(dsn, kwargs, asyncpg.connect)
     except ValueError as exc:  # asyncpg's DSN parser (ClientConfigurationError, a bad port)
         raise _bad_dsn(dsn, exc) from None
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -207,16 +219,11 @@ async def create_pool(
     if not prepared_statements:
         kwargs.setdefault("statement_cache_size", 0)
     try:
-        pool = None
-        # A pool that opens nothing now would meet a refusal later, past the fallback.
-        if min_size >= 1 and plain_on_loopback(dsn, kwargs):
-            try:
-                pool = await asyncpg.create_pool(
-                    dsn, min_size=min_size, max_size=max_size, ssl=False, **kwargs
-                )
-            except _TLS_REFUSALS:
-                _WANTS_TLS.add(str(dsn))  # the server wants TLS here: ask as libpq would
-        if pool is None:
+        if min_size >= 1:
+            pool = await _plain_first(
+                dsn, dict(kwargs, min_size=min_size, max_size=max_size), asyncpg.create_pool
+            )
+        else:  # a pool that opens nothing now would meet a refusal past the fallback
             pool = await asyncpg.create_pool(
                 dsn or None, min_size=min_size, max_size=max_size, **kwargs
             )
