@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from kongtask import WorkerUtils
+from kongtask.benchmark.engines import KONGTASK, kongtask_engine, timed_out
 from kongtask.benchmark.hang import hang_report
 
 WORKER = """
@@ -42,32 +43,32 @@ def test_a_sleeping_process_is_named_with_its_state() -> None:
     )
 
 
-async def test_a_kongtask_child_writes_its_state_before_it_is_killed(
+async def test_a_kongtask_child_that_timed_out_is_reported_with_its_state(
     database_url: str, utils: WorkerUtils, tmp_path: Path
 ) -> None:
-    schema = utils.schema
-    err = (tmp_path / "stderr").open("w+b")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        WORKER,
-        database_url,
-        schema,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=err,
-    )
-    try:
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 60)
-        assert line.startswith(b"READY"), line
-        report = await asyncio.to_thread(hang_report, proc.pid, kongtask=True)
-        assert proc.returncode is None  # SIGUSR1 did not end it
-    finally:
-        proc.kill()
-        await proc.wait()
-        err.seek(0)
-        logged = err.read().decode()
-        err.close()
-    assert f"child {proc.pid}: state" in report
-    assert "state of worker" in logged, logged
-    assert "fetcher: " in logged and "running" in logged, logged
+    """``timed_out`` (what every bench timeout raises): SIGUSR1 first, so the live
+    pool writes its state to stderr, then the kill, then an error carrying both."""
+    with (tmp_path / "stderr").open("w+b") as err:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            WORKER,
+            database_url,
+            utils.schema,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=err,
+        )
+        try:
+            assert proc.stdout is not None
+            line = await asyncio.wait_for(proc.stdout.readline(), 60)
+            assert line.startswith(b"READY"), line
+            error = await timed_out(proc, kongtask_engine(KONGTASK, utils.schema), err, "stuck")
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert proc.returncode == -9  # killed after the report, not by SIGUSR1
+    message = str(error)
+    assert message.startswith("kongtask: stuck")
+    assert f"child {proc.pid}: state" in message
+    assert "state of worker" in message and "fetcher: " in message, message

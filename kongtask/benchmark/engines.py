@@ -254,6 +254,17 @@ def stderr_tail(fh: IO[bytes] | None, limit: int = _STDERR_TAIL) -> str:
     return f"\n--- child stderr (last {limit} bytes) ---\n{text}" if text else ""
 
 
+async def timed_out(
+    proc: asyncio.subprocess.Process, engine: Engine, err: IO[bytes], what: str
+) -> ChildError:
+    """The error for a child that ran out of time: what it was doing (benchmark/hang.py,
+    read before the kill) and its stderr tail, long enough for a pool's state dump."""
+    report = hang_report(proc.pid, kongtask=engine.kongtask)
+    proc.kill()
+    await proc.wait()
+    return ChildError(f"{engine.label}: {what}" + stderr_tail(err, TIMEOUT_TAIL) + report)
+
+
 class Children:
     """Starts engine children; keeps their pids so an interrupted run kills only them.
 
@@ -372,13 +383,8 @@ class Children:
             try:
                 out = await asyncio.wait_for(self._answer_windows(proc, edges), timeout)
             except asyncio.TimeoutError:
-                report = hang_report(proc.pid, kongtask=engine.kongtask)
-                proc.kill()
-                await proc.wait()
-                raise ChildError(
-                    f"{engine.label}: timed out after {timeout:.0f} s"
-                    + stderr_tail(err, TIMEOUT_TAIL)
-                    + report
+                raise await timed_out(
+                    proc, engine, err, f"timed out after {timeout:.0f} s"
                 ) from None
             finally:
                 self.forget(proc)
@@ -419,12 +425,7 @@ class Children:
                 proc.send_signal(signal.SIGTERM)
                 out, _ = await asyncio.wait_for(proc.communicate(), timeout)
             except asyncio.TimeoutError:
-                report = hang_report(proc.pid, kongtask=engine.kongtask)
-                proc.kill()
-                await proc.wait()
-                raise ChildError(
-                    f"{engine.label}: idle pool timed out" + stderr_tail(err, TIMEOUT_TAIL) + report
-                ) from None
+                raise await timed_out(proc, engine, err, "idle pool timed out") from None
             finally:
                 self.forget(proc)
             result = self.check(engine, proc, out, err)

@@ -37,8 +37,7 @@ from kongtask.db import mask_dsn
 
 from .common import TASK, per_job_us, rnd
 from .database import Admin
-from .engines import TIMEOUT_TAIL, ChildError, Children, Engine, Sizes, stderr_tail
-from .hang import hang_report
+from .engines import Children, Engine, Sizes, timed_out
 
 SCENARIO = "payload"
 #: Payload shapes measured, each on its own fresh queue (``empty`` has no jobs).
@@ -101,12 +100,7 @@ async def run_once(
         try:
             out, _ = await asyncio.wait_for(proc.communicate(), timeout_s)
         except asyncio.TimeoutError:
-            report = hang_report(proc.pid, kongtask=engine.kongtask)
-            proc.kill()
-            await proc.wait()
-            raise ChildError(
-                f"{engine.label}: --once did not finish" + stderr_tail(err, TIMEOUT_TAIL) + report
-            ) from None
+            raise await timed_out(proc, engine, err, "--once did not finish") from None
         finally:
             children.forget(proc)
         wall = time.perf_counter() - t0
