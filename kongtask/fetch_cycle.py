@@ -25,7 +25,6 @@ import inspect
 import operator
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from ._core import decode, dispatch
@@ -34,6 +33,7 @@ from .leases import FetchConnection, LeaseKeeper
 from .options import ForbiddenFlags
 from .queries import Queries
 from .queries.session import ROLLBACK
+from .record import Record
 
 #: Seconds a plain fetch may resume after its own last job before it scans
 #: the due jobs from the top again (which finds anything it stepped over).
@@ -53,16 +53,18 @@ def _pg_now() -> int:
     return int((time.time() - _PG_EPOCH) * 1_000_000)
 
 
-@dataclass(slots=True)
-class Fetched:
+class Fetched(Record):
     """What one cycle brought."""
 
-    #: Jobs handed to the local queue.
-    got: int
-    #: The keyed-or-queued claim filled the whole batch: more such jobs may be due.
-    queues_full: bool
-    #: Seconds until the earliest future job is due, when the cycle looked.
-    next_due: float | None
+    __slots__ = ("got", "queues_full", "next_due")  # noqa: RUF023
+
+    def __init__(self, got: int, queues_full: bool, next_due: float | None) -> None:
+        #: Jobs handed to the local queue.
+        self.got = got
+        #: The keyed-or-queued claim filled the whole batch: more such jobs may be due.
+        self.queues_full = queues_full
+        #: Seconds until the earliest future job is due, when the cycle looked.
+        self.next_due = next_due
 
 
 class PlainFetch:

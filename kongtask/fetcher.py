@@ -47,12 +47,12 @@ import asyncio
 import enum
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from ._core import dispatch
 from .db import DB_ERRORS
 from .events import EventEmitter
 from .fetch_cycle import FetchCycle, Fetched
+from .record import Record
 
 #: Concurrent fetch statements per pool.
 PIPELINES = 2
@@ -205,12 +205,14 @@ class BatchSizer:
         return max(1, min(self._max, max(need, int(self._rate * self.HORIZON))))
 
 
-@dataclass(slots=True)
-class _InFlight:
+class _InFlight(Record):
     """A fetch in flight and what it was started with."""
 
-    wanted: int
-    writes_at_start: int
+    __slots__ = ("wanted", "writes_at_start")
+
+    def __init__(self, wanted: int, writes_at_start: int) -> None:
+        self.wanted = wanted
+        self.writes_at_start = writes_at_start
 
 
 class Fetcher:

@@ -14,7 +14,6 @@ kongtask accepts the database.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -22,6 +21,7 @@ import asyncpg
 from .db import quote_ident
 from .errors import InstallIncomplete, SchemaTooNew, SchemaTooOld
 from .queries import schema as q
+from .record import FrozenRecord
 
 #: The newest graphile-worker migration whose schema kongtask reproduces.
 LATEST_MIGRATION = 19
@@ -44,8 +44,7 @@ KONGTASK_OBJECTS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class MigrationResult:
+class MigrationResult(FrozenRecord):
     """What :func:`migrate` found and did.
 
     ``installed`` is True only when this call created the schema;
@@ -54,11 +53,27 @@ class MigrationResult:
     older kongtask).
     """
 
+    __slots__ = ("schema", "installed", "version", "kongtask_version", "kongtask_applied")  # noqa: RUF023
     schema: str
     installed: bool
     version: int
-    kongtask_version: int = len(KONGTASK_MIGRATIONS)
-    kongtask_applied: int = 0
+    kongtask_version: int
+    kongtask_applied: int
+
+    def __init__(
+        self,
+        schema: str,
+        installed: bool,
+        version: int,
+        kongtask_version: int = len(KONGTASK_MIGRATIONS),
+        kongtask_applied: int = 0,
+    ) -> None:
+        set_field = object.__setattr__
+        set_field(self, "schema", schema)
+        set_field(self, "installed", installed)
+        set_field(self, "version", version)
+        set_field(self, "kongtask_version", kongtask_version)
+        set_field(self, "kongtask_applied", kongtask_applied)
 
     @property
     def action(self) -> str:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
 from .events import EventEmitter
+from .record import Record
 
 if TYPE_CHECKING:
     from .crontab import CronItem  # loaded only by pools with a crontab
@@ -42,32 +42,86 @@ def check_pool_size(what: str, size: int) -> None:
 DEFAULT_LEASE_TIME = 0.25
 
 
-@dataclass(slots=True)
-class WorkerOptions:
-    """Tuning knobs of one pool. Times are in seconds."""
+class WorkerOptions(Record):
+    """Tuning knobs of one pool. Times are in seconds.
 
-    concurrency: int = 10
-    schema: str | None = None
-    poll_interval: float = 2.0
-    local_queue_size: int | None = None
-    lease_time: float = 0.0
-    complete_batch_delay: float = 0.002
-    complete_batch_size: int = 1000
-    forbidden_flags: ForbiddenFlags = None
-    prepared_statements: bool = True
-    max_pool_size: int | None = None
-    shutdown_timeout: float = 30.0
-    job_timeout: float | None = None
-    heartbeat_interval: float = 5.0
-    dead_worker_timeout: float = 30.0
-    handle_signals: bool = False
-    events: EventEmitter | None = None
-    logger: logging.Logger | None = None
-    crontab: str | Sequence[CronItem] | None = None
-    worker_id: str | None = None
-    migrate: bool = True
-    connect_kwargs: dict[str, Any] = field(default_factory=dict)
-    listen_dsn: str | None = field(default=None, repr=False)
+    Compared by value; ``repr`` leaves out ``listen_dsn`` (it may hold a password).
+    """
+
+    # In the order of the positional arguments, which repr follows too.
+    __slots__ = (  # noqa: RUF023
+        "concurrency",
+        "schema",
+        "poll_interval",
+        "local_queue_size",
+        "lease_time",
+        "complete_batch_delay",
+        "complete_batch_size",
+        "forbidden_flags",
+        "prepared_statements",
+        "max_pool_size",
+        "shutdown_timeout",
+        "job_timeout",
+        "heartbeat_interval",
+        "dead_worker_timeout",
+        "handle_signals",
+        "events",
+        "logger",
+        "crontab",
+        "worker_id",
+        "migrate",
+        "connect_kwargs",
+        "listen_dsn",
+    )
+    _repr_hidden = ("listen_dsn",)
+
+    def __init__(
+        self,
+        concurrency: int = 10,
+        schema: str | None = None,
+        poll_interval: float = 2.0,
+        local_queue_size: int | None = None,
+        lease_time: float = 0.0,
+        complete_batch_delay: float = 0.002,
+        complete_batch_size: int = 1000,
+        forbidden_flags: ForbiddenFlags = None,
+        prepared_statements: bool = True,
+        max_pool_size: int | None = None,
+        shutdown_timeout: float = 30.0,
+        job_timeout: float | None = None,
+        heartbeat_interval: float = 5.0,
+        dead_worker_timeout: float = 30.0,
+        handle_signals: bool = False,
+        events: EventEmitter | None = None,
+        logger: logging.Logger | None = None,
+        crontab: str | Sequence[CronItem] | None = None,
+        worker_id: str | None = None,
+        migrate: bool = True,
+        connect_kwargs: dict[str, Any] | None = None,
+        listen_dsn: str | None = None,
+    ) -> None:
+        self.concurrency = concurrency
+        self.schema = schema
+        self.poll_interval = poll_interval
+        self.local_queue_size = local_queue_size
+        self.lease_time = lease_time
+        self.complete_batch_delay = complete_batch_delay
+        self.complete_batch_size = complete_batch_size
+        self.forbidden_flags = forbidden_flags
+        self.prepared_statements = prepared_statements
+        self.max_pool_size = max_pool_size
+        self.shutdown_timeout = shutdown_timeout
+        self.job_timeout = job_timeout
+        self.heartbeat_interval = heartbeat_interval
+        self.dead_worker_timeout = dead_worker_timeout
+        self.handle_signals = handle_signals
+        self.events = events
+        self.logger = logger
+        self.crontab = crontab
+        self.worker_id = worker_id
+        self.migrate = migrate
+        self.connect_kwargs = {} if connect_kwargs is None else connect_kwargs
+        self.listen_dsn = listen_dsn
 
     def validate(self) -> None:
         """Reject nonsense early, naming the option."""
@@ -114,7 +168,7 @@ class WorkerOptions:
 
 def build_options(**kwargs: Any) -> WorkerOptions:
     """WorkerOptions from keyword arguments, naming any unknown one."""
-    known = set(WorkerOptions.__dataclass_fields__)
+    known = set(WorkerOptions.__slots__)
     unknown = set(kwargs) - known
     if unknown:
         raise ConfigError(f"unknown option(s): {', '.join(sorted(unknown))}")
