@@ -249,15 +249,17 @@ class Runner:
         self.ready.set()
         # The one line that says the pool works: tests and process managers wait
         # for it, and a program that configured logging shows it to its user.
-        self.log.info(
-            "worker %s ready: %d task(s), concurrency %d, schema %r, %s (%s)",
-            self.worker_id,
-            len(self.tasks),
-            opts.concurrency,
-            self.schema,
-            "a given pool" if self._given_pool is not None else mask_dsn(self._dsn),
-            IMPLEMENTATION,
-        )
+        # Guarded: masking the DSN compiles its patterns, for nobody, below INFO.
+        if self.log.isEnabledFor(logging.INFO):
+            self.log.info(
+                "worker %s ready: %d task(s), concurrency %d, schema %r, %s (%s)",
+                self.worker_id,
+                len(self.tasks),
+                opts.concurrency,
+                self.schema,
+                "a given pool" if self._given_pool is not None else mask_dsn(self._dsn),
+                IMPLEMENTATION,
+            )
         self._unhandled_check = loop.create_task(self._warn_unhandled(task_names))
         return self
 

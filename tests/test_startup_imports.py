@@ -69,11 +69,11 @@ def test_the_bench_worker_child_parses_its_arguments_without_them() -> None:
     assert _loaded_after(code) == []
 
 
-def test_no_class_on_the_worker_path_is_a_dataclass() -> None:
+def test_no_class_on_the_worker_or_bench_child_path_is_a_dataclass() -> None:
     # @dataclass compiles its methods with exec when the class is created
     # (0.4-1.5 ms each); kongtask.record gives value classes without it.
     code = (
-        "import kongtask, kongtask.worker\n"
+        "import kongtask, kongtask.worker, kongtask.benchmark.scenarios\n"
         "found = [f'{m.__name__}.{k}' for name, m in list(sys.modules.items())\n"
         "         if name.startswith('kongtask') and m is not None\n"
         "         for k, v in vars(m).items()\n"

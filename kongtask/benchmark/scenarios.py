@@ -14,7 +14,6 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -22,6 +21,7 @@ import asyncpg
 
 import kongtask
 from kongtask.db import quote_ident
+from kongtask.record import Record
 
 from .common import (
     EMPTY_POLL_S,
@@ -50,23 +50,55 @@ RETURNING = "returning_"
 WORK_REPORT_S = 0.01
 
 
-@dataclass(slots=True)
-class ChildConfig:
-    """What one child run measures; mirrors bench.js's command line."""
+class ChildConfig(Record):
+    """What one child run measures; mirrors bench.js's command line.
 
-    dsn: str
-    schema: str
-    scenario: str
-    jobs: int
-    samples: int
-    concurrency: int = 24
-    local_queue_size: int | None = None
-    poll_interval_ms: int = 2000
-    analyze: bool = True
-    timeout_s: float = 900.0
-    idle_wait_s: float = IDLE_WAIT_S
-    #: Hand the edges of timed windows to the harness (``WINDOW`` lines, ``GO`` on stdin).
-    windows: bool = False
+    Not a dataclass: the child's start-up is measured (see ``kongtask.record``).
+    """
+
+    __slots__ = (  # noqa: RUF023
+        "dsn",
+        "schema",
+        "scenario",
+        "jobs",
+        "samples",
+        "concurrency",
+        "local_queue_size",
+        "poll_interval_ms",
+        "analyze",
+        "timeout_s",
+        "idle_wait_s",
+        "windows",
+    )
+
+    def __init__(
+        self,
+        dsn: str,
+        schema: str,
+        scenario: str,
+        jobs: int,
+        samples: int,
+        concurrency: int = 24,
+        local_queue_size: int | None = None,
+        poll_interval_ms: int = 2000,
+        analyze: bool = True,
+        timeout_s: float = 900.0,
+        idle_wait_s: float = IDLE_WAIT_S,
+        windows: bool = False,
+    ) -> None:
+        self.dsn = dsn
+        self.schema = schema
+        self.scenario = scenario
+        self.jobs = jobs
+        self.samples = samples
+        self.concurrency = concurrency
+        self.local_queue_size = local_queue_size
+        self.poll_interval_ms = poll_interval_ms
+        self.analyze = analyze
+        self.timeout_s = timeout_s
+        self.idle_wait_s = idle_wait_s
+        #: Hand the edges of timed windows to the harness (``WINDOW`` lines, ``GO`` on stdin).
+        self.windows = windows
 
 
 def progress(message: str) -> None:
