@@ -35,6 +35,7 @@ DB_OR_TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (*DB_ERRORS, asyncio.Tim
 # libpq variables that, when set, mean "the environment describes a server".
 _LIBPQ_VARS = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE")
 
+
 @functools.cache
 def _password_patterns() -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]:
     """Where a DSN keeps a password: in the URL's user part, its query, or a

@@ -56,9 +56,40 @@ def test_import_kongtask_loads_no_module_a_worker_does_not_need() -> None:
 def test_kongtask_run_parses_its_arguments_without_them() -> None:
     code = (
         "from kongtask import cli\n"
-        "cli.build_parser().parse_args(['run', '-c', 'postgresql://x/y', '-j', '4'])"
+        "argv = ['--log-level', 'INFO', 'run', '-c', 'postgresql://x/y', '-j', '4']\n"
+        "cli.parser_for(argv).parse_args(argv)"
     )
     assert _loaded_after(code) == []
+    # Nor the other commands' modules: building their parsers cost run 7 ms.
+    others = ("kongtask.inspect_cli", "kongtask.dashboard")
+    code += f"\nprint(','.join(m for m in sys.modules if m.startswith({others!r})))"
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys\n" + code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert out == ""
+
+
+@pytest.mark.parametrize(
+    ("argv", "commands"),
+    [
+        (["run", "--once"], {"run"}),
+        (["--log-level", "DEBUG", "run"], {"run"}),
+        (["jobs"], None),
+        (["--help", "run"], None),
+        ([], None),
+    ],
+)
+def test_only_a_run_command_line_gets_the_run_only_parser(
+    argv: list[str], commands: set[str] | None
+) -> None:
+    from kongtask import cli
+
+    [sub] = [a for a in cli.parser_for(argv)._actions if a.dest == "command"]
+    choices = set(sub.choices)  # type: ignore[arg-type]
+    if commands is None:
+        assert {"run", "migrate", "add", "jobs", "dashboard", "bench"} <= choices
+    else:
+        assert choices == commands
 
 
 def test_the_bench_worker_child_parses_its_arguments_without_them() -> None:
