@@ -43,6 +43,16 @@ KONGTASK_OBJECTS = (
     "_kongtask_workers_pkey",
 )
 
+#: What a migration meets when another installed the same objects while it
+#: waited for the lock (see :func:`migrate`).
+_CREATED_MEANWHILE = (
+    asyncpg.DuplicateSchemaError,
+    asyncpg.DuplicateTableError,
+    asyncpg.DuplicateObjectError,
+    asyncpg.DuplicateFunctionError,
+    asyncpg.UniqueViolationError,
+)
+
 
 class MigrationResult(FrozenRecord):
     """What :func:`migrate` found and did.
@@ -191,34 +201,42 @@ async def migrate(conn: asyncpg.Connection, schema: str = "graphile_worker") -> 
         # Fast path for every start of an installed schema: two reads, no lock.
         check_version(schema, current[0])
         return MigrationResult(schema=schema, installed=False, version=current[0][0])
-    # A session lock taken before the transaction begins: a transaction that
-    # started before the lock was granted would keep a stale catalog cache
-    # (the fast path's lookups above) and miss the winner's tables.
+    # The lock belongs to the migration's transaction, so a transaction-pooling
+    # proxy (PgBouncer), which may run each transaction on another server
+    # connection, can neither leave it behind on one nor release it early.
     key = "kongtask:migrate:" + schema
-    await conn.execute(q.ADVISORY_LOCK, key)
-    try:
-        return await _migrate_locked(conn, schema)
-    finally:
-        await conn.execute(q.ADVISORY_UNLOCK, key)
+    for attempt in (1, 2):
+        try:
+            async with conn.transaction():
+                await conn.execute(q.MIGRATION_LOCK, key)
+                return await _migrate_locked(conn, schema)
+        except _CREATED_MEANWHILE:
+            # Waiting for the lock does not refresh this backend's catalog
+            # caches (a transaction's start does): after waiting for another
+            # installer, they can still say "no such schema" and the attempt
+            # meets the objects it tried to create. The next transaction sees them.
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 async def _migrate_locked(conn: asyncpg.Connection, schema: str) -> MigrationResult:
-    async with conn.transaction():
-        version = await read_version(conn, schema)
-        if version is not None:
-            check_version(schema, version)
-            applied = await _migrate_kongtask_track(conn, schema)
-            return MigrationResult(
-                schema=schema, installed=False, version=version[0], kongtask_applied=applied
-            )
-        await conn.execute(q.create_schema_sql(schema))
-        await conn.execute(schema_sql(schema))
-        await conn.execute(
-            q.record_migrations_sql(schema),
-            list(BREAKING_MIGRATIONS),
-            LATEST_MIGRATION,
-        )
+    """Install or upgrade, inside the caller's transaction and under its lock."""
+    version = await read_version(conn, schema)
+    if version is not None:
+        check_version(schema, version)
         applied = await _migrate_kongtask_track(conn, schema)
+        return MigrationResult(
+            schema=schema, installed=False, version=version[0], kongtask_applied=applied
+        )
+    await conn.execute(q.create_schema_sql(schema))
+    await conn.execute(schema_sql(schema))
+    await conn.execute(
+        q.record_migrations_sql(schema),
+        list(BREAKING_MIGRATIONS),
+        LATEST_MIGRATION,
+    )
+    applied = await _migrate_kongtask_track(conn, schema)
     return MigrationResult(
         schema=schema, installed=True, version=LATEST_MIGRATION, kongtask_applied=applied
     )

@@ -145,3 +145,40 @@ def test_every_sql_file_migrate_uses_is_found() -> None:
     """From wherever this run imports kongtask: the checkout, an editable install, a wheel."""
     for filename in ("schema_0_17.sql", *KONGTASK_MIGRATIONS):
         assert "__SCHEMA__" in read_sql(filename)
+
+
+async def _waiting_for_advisory_lock(observer: asyncpg.Connection, pid: int) -> None:
+    """Until backend ``pid`` waits for an advisory lock (what pg_locks shows)."""
+    deadline = asyncio.get_running_loop().time() + 30
+    while not await observer.fetchval(
+        "select exists (select 1 from pg_locks where pid = $1"
+        " and locktype = 'advisory' and not granted)",
+        pid,
+    ):
+        assert asyncio.get_running_loop().time() < deadline, "migrate never waited for the lock"
+        await asyncio.sleep(0.005)
+
+
+async def test_a_migration_that_waited_for_another_sees_its_install(
+    database_url: str, schema: str, conn: asyncpg.Connection
+) -> None:
+    """The loser of a race looked before the winner committed (its catalog caches
+    say "no such schema") and waited for the lock; once granted, it must find the
+    schema installed rather than try to create it again."""
+    winner = await asyncpg.connect(database_url)
+    loser = await asyncpg.connect(database_url)
+    try:
+        async with winner.transaction():
+            await winner.execute(
+                "select pg_advisory_xact_lock(hashtext($1))", "kongtask:migrate:" + schema
+            )
+            losing = asyncio.ensure_future(migrate(loser, schema))
+            await _waiting_for_advisory_lock(conn, loser.get_server_pid())
+            won = await migrate(winner, schema)  # the lock is this session's already
+        lost = await asyncio.wait_for(losing, 30)
+    finally:
+        await winner.close()
+        await loser.close()
+    assert won.installed is True
+    assert lost.installed is False and lost.version == LATEST_MIGRATION
+    assert lost.kongtask_version == len(KONGTASK_MIGRATIONS)

@@ -12,8 +12,7 @@ from __future__ import annotations
 from ..db import quote_ident
 
 __all__ = [
-    "ADVISORY_LOCK",
-    "ADVISORY_UNLOCK",
+    "MIGRATION_LOCK",
     "TABLES_EXIST",
     "TABLE_EXISTS",
     "applied_track_sql",
@@ -28,9 +27,9 @@ __all__ = [
 TABLE_EXISTS = "select to_regclass($1) is not null"
 #: Whether graphile-worker's ``migrations`` ($1) and kongtask's track table ($2) exist.
 TABLES_EXIST = "select to_regclass($1) is not null as gw, to_regclass($2) is not null as kt"
-#: A session lock on the key text $1, taken outside the migration's transaction.
-ADVISORY_LOCK = "select pg_advisory_lock(hashtext($1))"
-ADVISORY_UNLOCK = "select pg_advisory_unlock(hashtext($1))"
+#: The lock on the key text $1 that serialises migrations, held until the
+#: transaction that takes it ends.
+MIGRATION_LOCK = "select pg_advisory_xact_lock(hashtext($1))"
 
 
 def versions_sql(schema: str, *, track: bool | None = None) -> str:

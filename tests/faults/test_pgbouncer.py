@@ -31,6 +31,7 @@ import asyncpg
 import pytest
 
 from kongtask import JobSpec
+from kongtask.migrate import migrate
 
 from .. import pgcluster
 from .conftest import Scenario, database_dsn, work
@@ -314,3 +315,33 @@ async def test_prepared_statements_through_pgbouncer_is_one_clear_line(scenario:
         " where attempts = 0 and locked_at is null"
     )
     assert left == 20, "a job was taken"
+
+
+@pytest.mark.skipif(not Path(PGBOUNCER).exists(), reason="pgbouncer is not installed")
+async def test_concurrent_migrations_through_pgbouncer_leave_no_lock(scenario: Scenario) -> None:
+    """Workers of a fresh deploy, all pointed at PgBouncer, install a schema at once.
+
+    Transaction pooling runs each transaction on whichever server connection is
+    free, so a session lock taken outside the migration's transaction could be
+    left on one connection and its unlock sent to another: the next migration
+    would wait for ever. The lock lives in the migration's transaction instead;
+    every migration ends, one installs, and no advisory lock is left anywhere.
+    """
+    await _create_server_role(scenario)
+    schema = f"deploy_{os.urandom(4).hex()}"
+    async with pgbouncer(scenario) as port:
+        dsn = f"postgresql://postgres@127.0.0.1:{port}/faults"
+        conns = [await asyncpg.connect(dsn, statement_cache_size=0) for _ in range(6)]
+        try:
+            results = await asyncio.wait_for(
+                asyncio.gather(*(migrate(c, schema) for c in conns)), 60
+            )
+            again = await asyncio.wait_for(migrate(conns[0], schema), 60)
+        finally:
+            for c in conns:
+                await c.close()
+    assert sum(r.installed for r in results) == 1, results
+    assert again.installed is False and again.action == "none"
+    left = await scenario.conn.fetchval("select count(*) from pg_locks where locktype = 'advisory'")
+    assert left == 0
+    await scenario.conn.execute(f"drop schema {schema} cascade")
