@@ -1,5 +1,5 @@
-"""``kongtask bench --quick --scenario pgbouncer,fleet``: both sides of each step drain
-every job exactly once (correctness only, never speed: see test_bench_smoke.py)."""
+"""``kongtask bench --quick --scenario pgbouncer,fleet,leases``: both sides of each step
+drain every job exactly once (correctness only, never speed: see test_bench_smoke.py)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.timeout(240)
 @pytest.fixture(scope="module")
 def fleet_run(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("bench-fleet")
-    argv = ["--quick", "-c", database_url, "--scenario", "pgbouncer,fleet"]
+    argv = ["--quick", "-c", database_url, "--scenario", "pgbouncer,fleet,leases"]
     code = main([*argv, "--output", str(out), "--no-chart"])
     (path,) = sorted(out.glob("bench-*.json"))
     return {"code": code, "doc": orjson.loads(path.read_bytes())}
@@ -31,8 +31,9 @@ def _round(doc: dict[str, Any], scenario: str) -> dict[str, Any]:
     return result
 
 
-def _drained_once(result: dict[str, Any], prefix: str, processes: int) -> None:
-    jobs = QUICK["processes_jobs"]
+def _drained_once(
+    result: dict[str, Any], prefix: str, processes: int, jobs: int = QUICK["processes_jobs"]
+) -> None:
     got = {key: result[prefix + key] for key in ("jobs", "handled", "remaining", "locked")}
     assert got == {"jobs": jobs, "handled": jobs, "remaining": 0, "locked": 0}, (prefix, result)
     assert result[prefix + "checksum_ok"] is True
@@ -44,7 +45,7 @@ def _drained_once(result: dict[str, Any], prefix: str, processes: int) -> None:
 def test_no_problems(fleet_run: dict[str, Any]) -> None:
     assert fleet_run["doc"]["problems"] == []
     assert fleet_run["code"] == 0
-    assert fleet_run["doc"]["scenarios"] == ["pgbouncer", "fleet"]
+    assert fleet_run["doc"]["scenarios"] == ["pgbouncer", "fleet", "leases"]
 
 
 def test_fleet_four_processes_and_one(fleet_run: dict[str, Any]) -> None:
@@ -61,12 +62,21 @@ def test_pgbouncer_direct_and_through(fleet_run: dict[str, Any]) -> None:
             pytest.fail(".ci/run installs pgbouncer: the scenario must run in CI")
         assert result["skipped"] == "pgbouncer is not installed"
         return
-    _drained_once(result, "", 1)
-    _drained_once(result, "direct_", 1)
+    _drained_once(result, "", 1, QUICK["drain_jobs"])
+    _drained_once(result, "direct_", 1, QUICK["drain_jobs"])
     assert "--no-prepared-statements" in result["command"]
     assert "--listen-dsn" in result["command"]
     assert "--no-prepared-statements" not in result.get("direct_command", [])
     assert result["bouncer_cpu_us_per_job"] is not None and result["ratio_to_direct"] > 0
+
+
+def test_leases_and_claims_each_drain_every_job_once(fleet_run: dict[str, Any]) -> None:
+    result = _round(fleet_run["doc"], "leases")
+    _drained_once(result, "", 1, QUICK["drain_jobs"])
+    _drained_once(result, "claim_", 1, QUICK["drain_jobs"])
+    assert result["command"][-2:] == ["--lease-time", str(fleet.LEASE_TIME_MS)]
+    assert "--lease-time" not in result["claim_command"]
+    assert result["ratio_to_claim"] > 0
 
 
 def test_fleet_scenarios_are_asked_for_by_name() -> None:

@@ -14,6 +14,14 @@
     one). It shows how throughput scales on this machine and what limits a
     fleet: PostgreSQL CPU per job, which stays whatever the worker count.
 
+``leases``
+    N jobs drained by one ``kongtask run`` process in the default mode (each
+    job claimed with a row update before it runs), then (fresh fill) by one
+    with ``--lease-time 250`` (a fetched batch stays locked by its fetch
+    transaction; weaker under faults, see docs/guarantees.md), the order
+    alternating by round. It shows what the opt-in mode buys in wall time and
+    in CPU per job, worker's and server's.
+
 Both time whole processes from spawn to ``count(*) = 0`` (polled by the
 harness, as drain-from-spawn does), read the workers' CPU from ``/proc``
 before SIGTERM, sample the server's CPU at the edges, and check exactly-once
@@ -41,11 +49,17 @@ from .spawn import STOP_TIMEOUT_S
 
 PGBOUNCER = "pgbouncer"
 FLEET = "fleet"
-SCENARIOS = (PGBOUNCER, FLEET)
+LEASES = "leases"
+SCENARIOS = (PGBOUNCER, FLEET, LEASES)
 #: Worker processes of the ``fleet`` scenario's many-process side.
 FLEET_PROCESSES = 4
 #: PgBouncer's server connections: one process at ``-j 24`` uses up to 20 directly.
 BOUNCER_POOL = 20
+#: ``--lease-time`` (ms) of the ``leases`` scenario's leasing side: kongtask's
+#: default lease for tasks that opt in (options.DEFAULT_LEASE_TIME).
+LEASE_TIME_MS = 250
+#: What each scenario's baseline side is called in result keys (``direct_...``).
+BASELINE = {PGBOUNCER: "direct_", FLEET: "one_", LEASES: "claim_"}
 
 #: Table rows (scenario, key, label, unit, higher is better) for report.py.
 METRIC_ROWS: tuple[tuple[str, str, str, str, bool], ...] = (
@@ -59,12 +73,18 @@ METRIC_ROWS: tuple[tuple[str, str, str, str, bool], ...] = (
     (FLEET, "one_pg_cpu_us_per_job", "1 process: PostgreSQL CPU", "µs/job", False),
     (FLEET, "pg_cpu_us_per_job", f"{FLEET_PROCESSES} processes: PostgreSQL CPU", "µs/job", False),
     (FLEET, "cpu_us_per_job", f"{FLEET_PROCESSES} processes: workers' CPU", "µs/job", False),
+    (LEASES, "claim_jobs_per_sec", "drain from spawn, claims (default)", "jobs/s", True),
+    (LEASES, "jobs_per_sec", "drain from spawn, leases (opt-in)", "jobs/s", True),
+    (LEASES, "claim_cpu_us_per_job", "claims: worker CPU", "µs/job", False),
+    (LEASES, "cpu_us_per_job", "leases: worker CPU", "µs/job", False),
+    (LEASES, "claim_pg_cpu_us_per_job", "claims: PostgreSQL CPU", "µs/job", False),
+    (LEASES, "pg_cpu_us_per_job", "leases: PostgreSQL CPU", "µs/job", False),
 )
 
 
 def jobs_for(scenario: str, sizes: Sizes) -> int:
-    """The fill of each side: drain's size for ``pgbouncer``, processes' for ``fleet``."""
-    return sizes.drain_jobs if scenario == PGBOUNCER else sizes.processes_jobs
+    """The fill of each side: processes' size for ``fleet``, drain's for the others."""
+    return sizes.processes_jobs if scenario == FLEET else sizes.drain_jobs
 
 
 async def run(
@@ -82,6 +102,8 @@ async def run(
         if bouncer.binary() is None:
             return {"scenario": scenario, "skipped": "pgbouncer is not installed"}
         return await _pgbouncer(round_no, children, engine, dsn, sizes, admin, jobs)
+    if scenario == LEASES:
+        return await _leases(round_no, children, engine, dsn, sizes, admin, jobs)
     one_first = round_no % 2 == 1
     sides: dict[str, dict[str, Any]] = {}
     for count in (1, FLEET_PROCESSES) if one_first else (FLEET_PROCESSES, 1):
@@ -130,6 +152,33 @@ async def _pgbouncer(
         "ratio_to_direct": rnd(via["jobs_per_sec"] / direct["jobs_per_sec"]),
         "pool_size": BOUNCER_POOL,
         "first": "direct" if direct_first else "via PgBouncer",
+    }
+
+
+async def _leases(
+    round_no: int,
+    children: Children,
+    engine: Engine,
+    dsn: str,
+    sizes: Sizes,
+    admin: Admin,
+    jobs: int,
+) -> dict[str, Any]:
+    claim_first = round_no % 2 == 1
+    claiming = engine.worker_args(dsn, sizes.concurrency)
+    leasing = [*claiming, "--lease-time", str(LEASE_TIME_MS)]
+    sides: dict[str, dict[str, Any]] = {}
+    for side in ("claim", "lease") if claim_first else ("lease", "claim"):
+        argv = claiming if side == "claim" else leasing
+        sides[side] = await drain(children, engine, [argv], sizes, admin, jobs)
+    lease, claim = sides["lease"], sides["claim"]
+    return {
+        "scenario": LEASES,
+        **lease,
+        **{f"claim_{key}": value for key, value in claim.items()},
+        "ratio_to_claim": rnd(lease["jobs_per_sec"] / claim["jobs_per_sec"]),
+        "lease_time_ms": LEASE_TIME_MS,
+        "first": "claims" if claim_first else "leases",
     }
 
 
@@ -243,9 +292,8 @@ def check(scenario: str, engine: Engine, result: dict[str, Any], sizes: Sizes) -
     if "skipped" in result:
         return []
     jobs = jobs_for(scenario, sizes)
-    other = "direct_" if scenario == PGBOUNCER else "one_"
     problems = []
-    for prefix in ("", other):
+    for prefix in ("", BASELINE[scenario]):
         for key, wanted in (
             ("jobs", jobs),
             ("handled", jobs),

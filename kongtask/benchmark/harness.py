@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="A,B,...",
         help=f"scenarios to run: {', '.join(SCENARIOS)} (default all: every one but "
-        f"{' and '.join(fleet.SCENARIOS)}, which are asked for by name: all,fleet)",
+        f"{', '.join(fleet.SCENARIOS)}, which are asked for by name: all,fleet)",
     )
     parser.add_argument(
         "--quick",

@@ -541,6 +541,8 @@ def _panels(summary: Mapping[str, Any]) -> list[Panel]:
         ("drain", "jobs_per_sec", "drain"),
         ("processes", "jobs_per_sec", "drain\nxP"),
         *((k, "jobs_per_sec", f"spawn\n{n}") for k, n in spawned),
+        ("leases", "claim_jobs_per_sec", "spawn\nclaims"),
+        ("leases", "jobs_per_sec", "spawn\nleases"),
     )
     per_job = (
         ("drain", "cpu_us_per_job", "drain\nworker"),
