@@ -41,6 +41,8 @@ TIMEOUT_TAIL = 12000
 WINDOWED = ("enqueue", "drain", "memory")
 #: The module ``kongtask run --tasks`` loads in the drain-from-spawn scenario.
 NOOP_TASKS = "kongtask.benchmark.noop_tasks"
+#: Scenarios graphile-worker's side does not run (see Engine.supports).
+KONGTASK_ONLY = ("processes", "payload", "pgbouncer", "fleet", "leases")
 
 
 class ChildError(RuntimeError):
@@ -93,9 +95,10 @@ class Engine:
     worker: list[str] = field(default_factory=list)
 
     def supports(self, scenario: str) -> bool:
-        """bench.js has no multi-process mode and no PgBouncer or fleet scenario, and the
-        payload scenario compares kongtask's twins only; everything else both engines do."""
-        return self.kongtask or scenario not in ("processes", "payload", "pgbouncer", "fleet")
+        """bench.js has no multi-process mode and no PgBouncer, fleet or leases scenario,
+        and the payload scenario compares kongtask's twins only; everything else both
+        engines do."""
+        return self.kongtask or scenario not in KONGTASK_ONLY
 
     def args(self, scenario: str, dsn: str, sizes: Sizes, *, child: str | None = None) -> list[str]:
         """The command line for ``scenario`` (``child`` overrides the child-side name)."""
