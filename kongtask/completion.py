@@ -19,6 +19,7 @@ import asyncpg
 from ._core import dispatch
 from .held import HeldConnection, tids_literal
 from .queries import Queries
+from .queries.session import ANY_SIZE_PLANS
 
 log = logging.getLogger("kongtask.worker")
 
@@ -28,6 +29,10 @@ FailEntry = tuple[int, str, str | None]
 def _row_count(status: str) -> int:
     """Rows a statement touched, from its command tag (``DELETE 998``)."""
     return int(status.rpartition(" ")[2] or 0)
+
+
+async def _plan_for_any_size(conn: asyncpg.Connection) -> None:
+    await conn.execute(ANY_SIZE_PLANS)
 
 
 class Completer:
@@ -42,8 +47,12 @@ class Completer:
         delay: float,
         max_batch: int,
         on_flushed: Callable[[], None],
+        session_settings: bool = False,
     ) -> None:
-        self._conn = HeldConnection(pool)
+        # With prepared statements (no transaction-pooling proxy), the writer's
+        # connection plans as the fetch connections do (ANY_SIZE_PLANS): a
+        # delete by row address planned on a small table scanned all of a big one.
+        self._conn = HeldConnection(pool, setup=_plan_for_any_size if session_settings else None)
         self._q = queries
         self._worker_id = worker_id
         self._delay = delay

@@ -33,7 +33,7 @@ from .completion import Completer
 from .db import DB_ERRORS
 from .held import HeldConnection, Hook, tids_literal, usable
 from .queries import Queries
-from .queries.session import COMMIT, GENERIC_PLANS, begin_lease_sql
+from .queries.session import ANY_SIZE_PLANS, COMMIT, begin_lease_sql
 
 Lease = dispatch.Lease
 Job = decode.Job
@@ -166,8 +166,9 @@ class LeaseKeeper:
         # plans do not depend on their parameters, while a custom plan per
         # execution (which PostgreSQL keeps choosing) re-estimated every element
         # of a 1,000-element id or ctid array: a tenth of the server's CPU in a
-        # drain.
-        await conn.execute(GENERIC_PLANS)
+        # drain. No sequential scans, whatever the table held when planned:
+        # see ANY_SIZE_PLANS.
+        await conn.execute(ANY_SIZE_PLANS)
 
     # ----------------------------------------------------------- connections
     async def connection(self) -> FetchConnection:

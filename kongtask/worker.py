@@ -291,6 +291,7 @@ class Runner:
             delay=opts.complete_batch_delay,
             max_batch=opts.complete_batch_size,
             on_flushed=wakeups.results_written,
+            session_settings=opts.prepared_statements,
         )
         pipelines = pipelines_for(opts.concurrency)
         self._keeper = keeper = LeaseKeeper(

@@ -4,13 +4,15 @@ all of them (or a sequential scan), which cost 35 ms per fetch before."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import asyncpg
 import orjson
 import pytest
 
-from kongtask import WorkerUtils
+import kongtask
+from kongtask import EventEmitter, JobSpec, WorkerUtils
 from kongtask.db import quote_ident
 from kongtask.queries import Queries
 
@@ -194,3 +196,59 @@ async def test_generic_plan_of_a_fetch_stays_an_index_scan_at_a_large_backlog(
     scans = _scans_of_jobs(root["Plan"])
     assert [node["Node Type"] for node in scans if node["Node Type"] == "Seq Scan"] == []
     assert root["Plan"]["Actual Rows"] == 1000
+
+
+BURST = 3000
+
+
+async def _jobs_table_reads(conn: asyncpg.Connection, schema: str) -> tuple[int, int]:
+    """(sequential scans, rows they read) of this schema's jobs table, as reported."""
+    await conn.execute("select pg_stat_clear_snapshot()")
+    row = await conn.fetchrow(
+        "select seq_scan, seq_tup_read from pg_stat_user_tables"
+        " where schemaname = $1 and relname = '_private_jobs'",
+        schema,
+    )
+    assert row is not None
+    return row["seq_scan"], row["seq_tup_read"]
+
+
+@pytest.mark.parametrize("mode", ["claim", "lease"])
+async def test_a_pool_started_on_an_empty_queue_fetches_a_later_burst_by_index(
+    database_url: str, utils: WorkerUtils, conn: asyncpg.Connection, mode: str
+) -> None:
+    """The fetch connections plan each statement once, for the table as it is
+    then. A pool that started on an empty queue must still fetch a later burst
+    through indexes and row addresses: its plans of the empty table claimed by
+    scanning the whole table (a TID scan only wins the estimate on a table with
+    rows), every fetch of the burst, 2 s a fetch at 200,000 jobs. Counted from
+    PostgreSQL's table statistics, which the pool's backends report as they
+    close: the pool may scan the empty table, but not read the burst that way."""
+    handled = 0
+    burst_done = asyncio.Event()
+    fetched_empty = asyncio.Event()
+
+    async def noop(payload: Any, helpers: Any) -> None:
+        nonlocal handled
+        handled += 1
+        if handled == BURST:
+            burst_done.set()
+
+    events = EventEmitter()
+    events.on("worker:getJob:empty", lambda _payload: fetched_empty.set())
+    runner = await kongtask.run(
+        database_url,
+        {"noop": noop},
+        schema=utils.schema,
+        concurrency=8,
+        events=events,
+        lease_time=0.25 if mode == "lease" else 0.0,
+    )
+    try:
+        await asyncio.wait_for(fetched_empty.wait(), 30)  # planned on the empty table
+        await utils.add_jobs([JobSpec("noop", {"i": i}) for i in range(BURST)])
+        await asyncio.wait_for(burst_done.wait(), 120)
+    finally:
+        await runner.stop()  # its backends close and report their statistics
+    scans, rows_read = await _jobs_table_reads(conn, utils.schema)
+    assert rows_read < BURST, f"{scans} sequential scans of the jobs table read {rows_read} rows"
