@@ -201,27 +201,29 @@ async def migrate(conn: asyncpg.Connection, schema: str = "graphile_worker") -> 
         # Fast path for every start of an installed schema: two reads, no lock.
         check_version(schema, current[0])
         return MigrationResult(schema=schema, installed=False, version=current[0][0])
-    # The lock belongs to the migration's transaction, so a transaction-pooling
-    # proxy (PgBouncer), which may run each transaction on another server
-    # connection, can neither leave it behind on one nor release it early.
-    key = "kongtask:migrate:" + schema
-    for attempt in (1, 2):
-        try:
-            async with conn.transaction():
-                await conn.execute(q.MIGRATION_LOCK, key)
-                return await _migrate_locked(conn, schema)
-        except _CREATED_MEANWHILE:
-            # Waiting for the lock does not refresh this backend's catalog
-            # caches (a transaction's start does): after waiting for another
-            # installer, they can still say "no such schema" and the attempt
-            # meets the objects it tried to create. The next transaction sees them.
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")  # pragma: no cover
+    try:
+        return await _migrate_locked(conn, schema)
+    except _CREATED_MEANWHILE:
+        # Waiting for the lock does not refresh this backend's catalog caches
+        # (a transaction's start does): after waiting for another installer,
+        # they can still say "no such schema" and the attempt meets the objects
+        # it tried to create. The next transaction sees them.
+        return await _migrate_locked(conn, schema)
 
 
 async def _migrate_locked(conn: asyncpg.Connection, schema: str) -> MigrationResult:
-    """Install or upgrade, inside the caller's transaction and under its lock."""
+    """Install or upgrade in one transaction, under a lock on the schema's name.
+
+    The lock belongs to the transaction, so a transaction-pooling proxy
+    (PgBouncer), which may run each transaction on another server connection,
+    can neither leave it behind on one nor release it early.
+    """
+    async with conn.transaction():
+        await conn.execute(q.MIGRATION_LOCK, "kongtask:migrate:" + schema)
+        return await _install_or_upgrade(conn, schema)
+
+
+async def _install_or_upgrade(conn: asyncpg.Connection, schema: str) -> MigrationResult:
     version = await read_version(conn, schema)
     if version is not None:
         check_version(schema, version)

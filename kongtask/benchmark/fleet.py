@@ -35,7 +35,7 @@ import asyncio
 import signal
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import IO, Any
 
 from kongtask.db import mask_dsn
@@ -104,21 +104,46 @@ async def run(
         return await _pgbouncer(round_no, children, engine, dsn, sizes, admin, jobs)
     if scenario == LEASES:
         return await _leases(round_no, children, engine, dsn, sizes, admin, jobs)
-    one_first = round_no % 2 == 1
-    sides: dict[str, dict[str, Any]] = {}
-    for count in (1, FLEET_PROCESSES) if one_first else (FLEET_PROCESSES, 1):
-        argv = engine.worker_args(dsn, sizes.concurrency)
-        sides["one" if count == 1 else "many"] = await drain(
-            children, engine, [argv] * count, sizes, admin, jobs
-        )
+    argv = engine.worker_args(dsn, sizes.concurrency)
+    counts = {"many": FLEET_PROCESSES, "one": 1}
+    sides = await _alternating(
+        round_no,
+        ("one", "many"),
+        lambda side: drain(children, engine, [argv] * counts[side], sizes, admin, jobs),
+    )
     many, one = sides["many"], sides["one"]
+    return _step(
+        scenario,
+        many,
+        one,
+        processes=FLEET_PROCESSES,
+        speedup=rnd(many["jobs_per_sec"] / one["jobs_per_sec"]),
+        first=next(iter(sides)),
+    )
+
+
+async def _alternating(
+    round_no: int,
+    names: tuple[str, str],
+    drain_side: Callable[[str], Awaitable[dict[str, Any]]],
+) -> dict[str, dict[str, Any]]:
+    """Drain both sides of a step, the first named first in odd rounds, so that
+    neither always meets the server the other has just warmed; the result keeps
+    the order they ran in (a step reports which went ``first``)."""
+    first, second = names if round_no % 2 == 1 else names[::-1]
+    return {first: await drain_side(first), second: await drain_side(second)}
+
+
+def _step(
+    scenario: str, side: dict[str, Any], baseline: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
+    """A step's result: the side under test's keys, the baseline's with its prefix."""
+    prefix = BASELINE[scenario]
     return {
         "scenario": scenario,
-        **many,
-        "processes": FLEET_PROCESSES,
-        **{f"one_{key}": value for key, value in one.items() if key != "command"},
-        "speedup": rnd(many["jobs_per_sec"] / one["jobs_per_sec"]),
-        "first": "1 process" if one_first else f"{FLEET_PROCESSES} processes",
+        **side,
+        **{prefix + key: value for key, value in baseline.items()},
+        **extra,
     }
 
 
@@ -131,28 +156,38 @@ async def _pgbouncer(
     admin: Admin,
     jobs: int,
 ) -> dict[str, Any]:
-    sides: dict[str, dict[str, Any]] = {}
-    direct_first = round_no % 2 == 1
     async with bouncer.pgbouncer(admin.dsn, pool_size=BOUNCER_POOL) as running:
-        pooled = [
-            *engine.worker_args(running.dsn, sizes.concurrency),
-            "--no-prepared-statements",
-            "--listen-dsn",
-            dsn,
-        ]
-        for side in ("direct", "bouncer") if direct_first else ("bouncer", "direct"):
-            argv = engine.worker_args(dsn, sizes.concurrency) if side == "direct" else pooled
-            watch = running.pid() if side == "bouncer" else None
-            sides[side] = await drain(children, engine, [argv], sizes, admin, jobs, watch=watch)
+        argvs = {
+            "direct": engine.worker_args(dsn, sizes.concurrency),
+            "bouncer": [
+                *engine.worker_args(running.dsn, sizes.concurrency),
+                "--no-prepared-statements",
+                "--listen-dsn",
+                dsn,
+            ],
+        }
+        sides = await _alternating(
+            round_no,
+            ("direct", "bouncer"),
+            lambda side: drain(
+                children,
+                engine,
+                [argvs[side]],
+                sizes,
+                admin,
+                jobs,
+                watch=running.pid() if side == "bouncer" else None,
+            ),
+        )
     via, direct = sides["bouncer"], sides["direct"]
-    return {
-        "scenario": PGBOUNCER,
-        **via,
-        **{f"direct_{key}": value for key, value in direct.items() if key != "command"},
-        "ratio_to_direct": rnd(via["jobs_per_sec"] / direct["jobs_per_sec"]),
-        "pool_size": BOUNCER_POOL,
-        "first": "direct" if direct_first else "via PgBouncer",
-    }
+    return _step(
+        PGBOUNCER,
+        via,
+        direct,
+        ratio_to_direct=rnd(via["jobs_per_sec"] / direct["jobs_per_sec"]),
+        pool_size=BOUNCER_POOL,
+        first=next(iter(sides)),
+    )
 
 
 async def _leases(
@@ -164,22 +199,22 @@ async def _leases(
     admin: Admin,
     jobs: int,
 ) -> dict[str, Any]:
-    claim_first = round_no % 2 == 1
     claiming = engine.worker_args(dsn, sizes.concurrency)
-    leasing = [*claiming, "--lease-time", str(LEASE_TIME_MS)]
-    sides: dict[str, dict[str, Any]] = {}
-    for side in ("claim", "lease") if claim_first else ("lease", "claim"):
-        argv = claiming if side == "claim" else leasing
-        sides[side] = await drain(children, engine, [argv], sizes, admin, jobs)
+    argvs = {"claim": claiming, "lease": [*claiming, "--lease-time", str(LEASE_TIME_MS)]}
+    sides = await _alternating(
+        round_no,
+        ("claim", "lease"),
+        lambda side: drain(children, engine, [argvs[side]], sizes, admin, jobs),
+    )
     lease, claim = sides["lease"], sides["claim"]
-    return {
-        "scenario": LEASES,
-        **lease,
-        **{f"claim_{key}": value for key, value in claim.items()},
-        "ratio_to_claim": rnd(lease["jobs_per_sec"] / claim["jobs_per_sec"]),
-        "lease_time_ms": LEASE_TIME_MS,
-        "first": "claims" if claim_first else "leases",
-    }
+    return _step(
+        LEASES,
+        lease,
+        claim,
+        ratio_to_claim=rnd(lease["jobs_per_sec"] / claim["jobs_per_sec"]),
+        lease_time_ms=LEASE_TIME_MS,
+        first=next(iter(sides)),
+    )
 
 
 async def drain(
